@@ -1,0 +1,3 @@
+from expiryd.cli import main
+
+raise SystemExit(main())

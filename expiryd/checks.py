@@ -1,0 +1,73 @@
+"""`expiryd check`: everything `run` needs, checked one by one, each on its own line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, text
+
+from expiryd.config import Config
+from expiryd.connections import CONNECTION_ERRORS, RedisTarget, ensure_notifications
+from expiryd.db import describe_target, make_engine
+from expiryd.errors import UserError
+from expiryd.handlers import build_handlers
+from expiryd.logs import describe_error
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    message: str
+
+    def __str__(self) -> str:
+        return f"{'ok' if self.ok else 'FAIL'}: {self.message}"
+
+
+def run_checks(config: Config) -> Iterator[CheckResult]:
+    yield CheckResult(True, f"config {config.source} ({len(config.routes)} routes)")
+    yield _attempt(lambda: _check_redis(config))
+    engine = make_engine(config.database)
+    try:
+        database = _attempt(lambda: _check_database(engine))
+        yield database
+        if database.ok:
+            yield _attempt(lambda: _check_handlers(config, engine))
+    finally:
+        engine.dispose()
+
+
+def _attempt(check: Callable[[], str]) -> CheckResult:
+    try:
+        return CheckResult(True, check())
+    except UserError as exc:
+        return CheckResult(False, str(exc))
+    except Exception as exc:  # any other failure is a failed check, reported the same way
+        return CheckResult(False, describe_error(exc))
+
+
+def _check_redis(config: Config) -> str:
+    target = RedisTarget.from_url(config.redis.url)
+    client = target.client()
+    try:
+        client.ping()
+        flags = ensure_notifications(target, client, configure=False)
+    except CONNECTION_ERRORS as exc:
+        raise UserError(f"Redis at {target.safe_url}: {describe_error(exc)}") from None
+    finally:
+        client.close()
+    return f"Redis at {target.safe_url}, notify-keyspace-events {flags!r}"
+
+
+def _check_database(engine: Engine) -> str:
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise UserError(f"database {describe_target(engine)}: {describe_error(exc)}") from None
+    return f"database {describe_target(engine)}"
+
+
+def _check_handlers(config: Config, engine: Engine) -> str:
+    handlers = build_handlers(config, engine)
+    return f"{len(handlers)} handlers ready, tables and columns present"

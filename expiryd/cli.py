@@ -1,0 +1,147 @@
+"""The `expiryd` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+
+from expiryd import __version__, config, logs
+from expiryd.errors import ServiceError, UserError
+
+EXAMPLES = {
+    "run": "expiryd run --config /etc/expiryd/expiryd.toml",
+    "check": "expiryd check --config /etc/expiryd/expiryd.toml",
+    "schedule": "expiryd schedule order:cancel:SN123 --in 30m",
+    "init-db": "expiryd init-db --config expiryd.toml",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.command(args))
+    except UserError as exc:
+        print(f"expiryd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from expiryd.daemon import Daemon
+
+    settings = config.load(args.config)
+    logs.configure(args.log_format, args.log_level)
+    return Daemon(settings, configure_redis=args.configure_redis).run()
+
+
+def _check(args: argparse.Namespace) -> int:
+    from expiryd.checks import run_checks
+
+    failed = False
+    for result in run_checks(config.load(args.config)):
+        print(result, flush=True)
+        failed = failed or not result.ok
+    return 1 if failed else 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from expiryd.connections import CONNECTION_ERRORS, RedisTarget
+    from expiryd.durations import parse_duration
+
+    try:
+        seconds = parse_duration(args.delay)
+    except ValueError as exc:
+        raise UserError(f"--in: {exc}") from None
+    target = RedisTarget.from_url(config.load(args.config).redis.url)
+    client = target.client()
+    try:
+        client.setex(args.key, seconds, args.value)
+    except CONNECTION_ERRORS as exc:
+        raise ServiceError(f"Redis at {target.safe_url}: {logs.describe_error(exc)}") from None
+    finally:
+        client.close()
+    print(f"{args.key} expires in {seconds}s (db {target.db})")
+    return 0
+
+
+def _init_db(args: argparse.Namespace) -> int:
+    from expiryd.db import describe_target, make_engine
+    from expiryd.sample import create_sample_table
+
+    settings = config.load(args.config)
+    engine = make_engine(settings.database)
+    try:
+        created = create_sample_table(engine, settings.orders)
+    except Exception as exc:
+        raise ServiceError(f"{describe_target(engine)}: {logs.describe_error(exc)}") from None
+    finally:
+        engine.dispose()
+    state = "created" if created else "already exists; left as it is"
+    print(f"table {settings.orders.table!r} in {describe_target(engine)} {state}")
+    return 0
+
+
+def _config_option(default: object) -> argparse.ArgumentParser:
+    holder = argparse.ArgumentParser(add_help=False)
+    holder.add_argument(
+        "--config",
+        metavar="PATH",
+        default=default,
+        help=f"the TOML config file (default: $EXPIRYD_CONFIG or ./{config.defaults.CONFIG_PATH})",
+    )
+    return holder
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="expiryd",
+        description="Turns Redis key expiries into database updates.",
+        epilog="Example: expiryd run --config expiryd.toml",
+        parents=[_config_option(None)],
+    )
+    # Given after the command it wins; given before, the command must not reset it.
+    common = _config_option(argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"expiryd {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    run = _command(commands, "run", _run, common, "Listen for expiries and handle them.")
+    run.add_argument("--log-format", choices=logs.FORMATS, default="auto",
+                     help="json lines, a console view, or auto (console on a terminal)")  # fmt: skip
+    run.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    run.add_argument("--configure-redis", action="store_true",
+                     help="set notify-keyspace-events on the server if it lacks what is needed")  # fmt: skip
+
+    _command(commands, "check", _check, common,
+             "Check the config, Redis, its notification flags, the database and its tables.")  # fmt: skip
+
+    schedule = _command(commands, "schedule", _schedule, common,
+                        "Set a key that expires after a delay (SETEX), to try expiryd out.")  # fmt: skip
+    schedule.add_argument("key", help="the key, e.g. order:cancel:SN123")
+    schedule.add_argument("--in", dest="delay", required=True, metavar="DURATION",
+                          help="when it expires: 90s, 30m, 2h, 10d")  # fmt: skip
+    schedule.add_argument("--value", default="1", help="the key's value (default: 1)")
+
+    _command(commands, "init-db", _init_db, common,
+             "Create a sample orders table per [orders]; an existing table is left alone.")  # fmt: skip
+    return parser
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    function: Callable[[argparse.Namespace], int],
+    common: argparse.ArgumentParser,
+    summary: str,
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        name,
+        parents=[common],
+        help=summary,
+        description=summary,
+        epilog=textwrap.dedent(f"Example: {EXAMPLES[name]}"),
+    )
+    parser.set_defaults(command=function)
+    return parser

@@ -1,0 +1,248 @@
+"""The configuration: one TOML file plus environment overrides, parsed into frozen dataclasses.
+
+Everything is checked here, at the edge; the rest of expiryd trusts what it gets.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from expiryd import defaults
+from expiryd.errors import ConfigError
+from expiryd.logs import redact_url
+from expiryd.routes import Pattern, PatternError, Route
+
+ENV_REDIS_URL = "EXPIRYD_REDIS_URL"
+ENV_DATABASE_URL = "EXPIRYD_DATABASE_URL"
+ENV_CONFIG = "EXPIRYD_CONFIG"
+
+POOLS = ("none", "queue")
+TLS_MODES = ("off", "preferred", "required")
+
+DEFAULT_ROUTES = (
+    {"pattern": "order:cancel:{order_sn}", "handler": "orders.cancel"},
+    {"pattern": "order:complete:{order_sn}", "handler": "orders.complete"},
+)
+"""Used when the file has no [[routes]]."""
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str
+    prefix: str = defaults.KEY_PREFIX
+    max_key_bytes: int = defaults.MAX_KEY_BYTES
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str
+    pool: str = defaults.DATABASE_POOL
+    tls: str = defaults.DATABASE_TLS
+    tls_ca: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """Move an order whose status is one of `sources` to `target`."""
+
+    sources: tuple[int | str, ...]
+    target: int | str
+
+
+@dataclass(frozen=True)
+class OrdersSettings:
+    table: str = defaults.ORDERS_TABLE
+    key_column: str = defaults.ORDERS_KEY_COLUMN
+    status_column: str = defaults.ORDERS_STATUS_COLUMN
+    cancel: StatusChange = StatusChange(
+        tuple(defaults.ORDERS_CANCEL["from"]), defaults.ORDERS_CANCEL["to"]
+    )
+    complete: StatusChange = StatusChange(
+        tuple(defaults.ORDERS_COMPLETE["from"]), defaults.ORDERS_COMPLETE["to"]
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    """The file this came from, for error messages ("(defaults)" when there was none)."""
+    redis: RedisSettings
+    database: DatabaseSettings
+    orders: OrdersSettings
+    routes: tuple[Route, ...]
+
+
+def load(path: str | None = None, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read the config file (the default path may be absent) and apply the environment."""
+    explicit = path or environ.get(ENV_CONFIG)
+    chosen = Path(explicit or defaults.CONFIG_PATH)
+    if chosen.exists():
+        raw = _read_toml(chosen)
+        source = str(chosen)
+    elif explicit:
+        raise ConfigError(f"{chosen}: no such file")
+    else:
+        raw, source = {}, "(defaults)"
+    return parse(raw, source, environ)
+
+
+def parse(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> Config:
+    section = _Section(source, "", raw)
+    section.only("redis", "database", "orders", "routes")
+    return Config(
+        source=source,
+        redis=_parse_redis(section.table("redis"), environ),
+        database=_parse_database(section.table("database"), environ),
+        orders=_parse_orders(section.table("orders")),
+        routes=_parse_routes(source, raw.get("routes", DEFAULT_ROUTES)),
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+class _Section:
+    """One TOML table, with errors that name the file and the setting."""
+
+    def __init__(self, source: str, where: str, data: Mapping[str, Any]) -> None:
+        self.source, self.where, self.data = source, where, data
+
+    def fail(self, setting: str, problem: str) -> ConfigError:
+        location = f"{self.where} {setting}".strip()
+        return ConfigError(f"{self.source}: {location}: {problem}")
+
+    def only(self, *allowed: str) -> None:
+        for setting in self.data:
+            if setting not in allowed:
+                raise self.fail(setting, f"unknown setting (known: {', '.join(allowed)})")
+
+    def table(self, name: str) -> _Section:
+        value = self.data.get(name, {})
+        if not isinstance(value, dict):
+            raise self.fail(name, f"must be a table, e.g. [{name}]")
+        return _Section(self.source, f"[{name}]", value)
+
+    def get(self, setting: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        value = self.data.get(setting, default)
+        is_bool = isinstance(value, bool) and bool not in kinds
+        if value is not None and (is_bool or not isinstance(value, kinds)):
+            raise self.fail(setting, f"must be {_kind_name(kinds)}, not {value!r}")
+        return value
+
+    def choice(self, setting: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(setting, str, default)
+        if value not in choices:
+            raise self.fail(setting, f"must be one of {', '.join(map(repr, choices))}")
+        return str(value)
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _parse_redis(section: _Section, environ: Mapping[str, str]) -> RedisSettings:
+    section.only("url", "prefix", "max_key_bytes")
+    url = environ.get(ENV_REDIS_URL) or section.get("url", str, defaults.REDIS_URL)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise section.fail("url", "must start with redis://, rediss:// or unix://")
+    try:
+        redis.ConnectionPool.from_url(url)
+    except ValueError as exc:
+        raise section.fail("url", f"{redact_url(url)!r} is not a Redis URL: {exc}") from None
+    prefix = section.get("prefix", str, defaults.KEY_PREFIX)
+    if not prefix:
+        raise section.fail("prefix", "must not be empty")
+    max_key_bytes = section.get("max_key_bytes", int, defaults.MAX_KEY_BYTES)
+    if max_key_bytes < 16:
+        raise section.fail("max_key_bytes", "must be at least 16")
+    return RedisSettings(url=url, prefix=prefix, max_key_bytes=max_key_bytes)
+
+
+def _parse_database(section: _Section, environ: Mapping[str, str]) -> DatabaseSettings:
+    section.only("url", "pool", "tls", "tls_ca")
+    url = environ.get(ENV_DATABASE_URL) or section.get("url", str, defaults.DATABASE_URL)
+    return DatabaseSettings(
+        url=url,
+        pool=section.choice("pool", POOLS, defaults.DATABASE_POOL),
+        tls=section.choice("tls", TLS_MODES, defaults.DATABASE_TLS),
+        tls_ca=section.get("tls_ca", str, None),
+    )
+
+
+def _parse_orders(section: _Section) -> OrdersSettings:
+    section.only("table", "key_column", "status_column", "cancel", "complete")
+    base = OrdersSettings()
+    return OrdersSettings(
+        table=_identifier(section, "table", base.table),
+        key_column=_identifier(section, "key_column", base.key_column),
+        status_column=_identifier(section, "status_column", base.status_column),
+        cancel=_status_change(section, "cancel", base.cancel),
+        complete=_status_change(section, "complete", base.complete),
+    )
+
+
+def _identifier(section: _Section, setting: str, default: str) -> str:
+    value = section.get(setting, str, default)
+    if not value or len(value) > 64:
+        raise section.fail(setting, "must be a table or column name of 1 to 64 characters")
+    return str(value)
+
+
+def _status_change(section: _Section, setting: str, default: StatusChange) -> StatusChange:
+    raw = section.get(setting, dict, None)
+    if raw is None:
+        return default
+    inner = _Section(section.source, f"{section.where} {setting}", raw)
+    inner.only("from", "to")
+    sources = inner.get("from", list, list(default.sources))
+    target = inner.get("to", (int, str), default.target)
+    if not sources or not all(isinstance(s, int | str) for s in sources):
+        raise section.fail(setting, "`from` must be a non-empty list of statuses, e.g. [0]")
+    return StatusChange(tuple(sources), target)
+
+
+def _parse_routes(source: str, raw: Any) -> tuple[Route, ...]:
+    if not isinstance(raw, list | tuple) or not raw:
+        raise ConfigError(f"{source}: [[routes]]: must be one or more [[routes]] tables")
+    routes = tuple(_parse_route(source, number, item) for number, item in enumerate(raw, 1))
+    names = [route.name for route in routes]
+    for number, name in enumerate(names, 1):
+        if names.index(name) != number - 1:
+            raise ConfigError(
+                f"{source}: [[routes]] #{number}: route {name!r} is already defined "
+                f"by #{names.index(name) + 1}; remove it or give it another name"
+            )
+    return routes
+
+
+def _parse_route(source: str, number: int, raw: Any) -> Route:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [[routes]] #{number}: must be a table")
+    section = _Section(source, f"[[routes]] #{number}", raw)
+    pattern_text = section.get("pattern", str, None)
+    handler = section.get("handler", str, None)
+    if not pattern_text or not handler:
+        raise section.fail("pattern" if not pattern_text else "handler", "is required")
+    try:
+        pattern = Pattern.parse(pattern_text)
+    except PatternError as exc:
+        raise section.fail("pattern", f"{pattern_text!r}: {exc}") from None
+    name = section.get("name", str, pattern_text)
+    options = {k: v for k, v in raw.items() if k not in ("pattern", "handler", "name")}
+    return Route(name=name, pattern=pattern, handler=handler, options=options)

@@ -1,0 +1,93 @@
+"""Redis connections and the server settings expiryd depends on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from expiryd import defaults
+from expiryd.errors import ServiceError
+from expiryd.logs import redact_url
+
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    url: str
+    db: int
+    host: str
+    port: int | None
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisTarget:
+        kwargs = redis.ConnectionPool.from_url(url).connection_kwargs
+        return cls(url, int(kwargs.get("db") or 0), kwargs.get("host", "localhost"),
+                   kwargs.get("port"))  # fmt: skip
+
+    @property
+    def safe_url(self) -> str:
+        return redact_url(self.url)
+
+    @property
+    def expired_channel(self) -> str:
+        return f"__keyevent@{self.db}__:expired"
+
+    def client(self, **options: Any) -> redis.Redis:
+        """A client that raises on a lost connection instead of reconnecting silently, so
+        the caller always knows when it was cut off."""
+        return redis.Redis.from_url(
+            self.url,
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+            **options,
+        )
+
+    def cli_command(self, *words: str) -> str:
+        where = f"-h {self.host} -p {self.port}" if self.port else ""
+        return " ".join(part for part in ("redis-cli", where, *words) if part)
+
+
+def missing_flags(current: str, required: str = defaults.NOTIFY_FLAGS) -> str:
+    """The notify-keyspace-events classes that `required` has and `current` lacks."""
+    have = set(current)
+    if "A" in have:
+        have |= set("g$lshzxetd")
+    return "".join(flag for flag in required if flag not in have)
+
+
+def read_notify_flags(client: redis.Redis) -> str:
+    reply = client.config_get("notify-keyspace-events")
+    value = reply.get("notify-keyspace-events", reply.get(b"notify-keyspace-events", ""))
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def ensure_notifications(target: RedisTarget, client: redis.Redis, configure: bool) -> str:
+    """Check (or with `configure`, set) notify-keyspace-events; return the flags in force."""
+    try:
+        current = read_notify_flags(client)
+    except redis.ResponseError as exc:
+        raise ServiceError(
+            f"cannot read notify-keyspace-events from {target.safe_url} ({exc}); "
+            f"make sure redis.conf has: notify-keyspace-events {defaults.NOTIFY_FLAGS}"
+        ) from None
+    missing = missing_flags(current)
+    if not missing:
+        return current
+    wanted = current + missing
+    if configure:
+        client.config_set("notify-keyspace-events", wanted)
+        return wanted
+    raise ServiceError(
+        f"Redis at {target.safe_url} has notify-keyspace-events {current!r} and expiryd needs "
+        f"{defaults.NOTIFY_FLAGS!r}. Run: "
+        f"{target.cli_command('CONFIG SET notify-keyspace-events', wanted)} "
+        f"and put this line in redis.conf: notify-keyspace-events {wanted} "
+        "(or start with: expiryd run --configure-redis)"
+    )

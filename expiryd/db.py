@@ -1,0 +1,78 @@
+"""The database engine: a short-lived connection per unit of work unless pooling is asked for."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, Table, create_engine
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchTableError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from expiryd import defaults
+from expiryd.config import DatabaseSettings
+from expiryd.errors import ConfigError, ServiceError
+from expiryd.logs import describe_error, redact_url
+
+_MYSQL_BACKENDS = ("mysql", "mariadb")
+
+
+def parse_url(settings: DatabaseSettings) -> URL:
+    """The SQLAlchemy URL, with PyMySQL as the driver when a MySQL URL names none."""
+    try:
+        url = make_url(settings.url)
+    except ArgumentError:
+        raise ConfigError(
+            f"[database] url {redact_url(settings.url)!r} is not a database URL, "
+            "e.g. mysql+pymysql://user:password@127.0.0.1:3306/shop"
+        ) from None
+    if url.drivername in _MYSQL_BACKENDS:
+        url = url.set(drivername=f"{url.drivername}+pymysql")
+    return url
+
+
+def is_mysql(url: URL) -> bool:
+    return url.get_backend_name() in _MYSQL_BACKENDS
+
+
+def make_engine(settings: DatabaseSettings) -> Engine:
+    url = parse_url(settings)
+    options: dict[str, Any] = {"hide_parameters": True}
+    if settings.pool == "none":
+        options["poolclass"] = NullPool
+    else:
+        options.update(pool_pre_ping=True, pool_recycle=defaults.POOL_RECYCLE_SECONDS)
+    if is_mysql(url):
+        options["connect_args"] = _mysql_connect_args(settings)
+    try:
+        return create_engine(url, **options)
+    except (ArgumentError, ImportError) as exc:
+        raise ConfigError(f"[database] url {redact_url(settings.url)!r}: {exc}") from None
+
+
+def _mysql_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
+    """PyMySQL 1.2+ tries TLS whenever the server offers it; say what we want instead."""
+    args: dict[str, Any] = {"connect_timeout": 5, "charset": "utf8mb4"}
+    if settings.tls == "off":
+        args["ssl_disabled"] = True
+    elif settings.tls == "required":
+        context = ssl.create_default_context(cafile=settings.tls_ca)
+        args["ssl"] = context
+    return args
+
+
+def reflect_table(engine: Engine, name: str) -> Table:
+    """The table as the database describes it; a ConfigError when it is not there."""
+    try:
+        return Table(name, MetaData(), autoload_with=engine)
+    except NoSuchTableError:
+        raise ConfigError(f"table {name!r} does not exist in {describe_target(engine)}") from None
+    except SQLAlchemyError as exc:
+        raise ServiceError(
+            f"cannot read table {name!r} from {describe_target(engine)}: {describe_error(exc)}"
+        ) from None
+
+
+def describe_target(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)

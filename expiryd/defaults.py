@@ -1,0 +1,50 @@
+"""Every default expiryd uses, in one place."""
+
+CONFIG_PATH = "expiryd.toml"
+"""Where `--config` points when not given."""
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+"""The watched Redis; the DB index in the URL is the isolated DB whose expiries count."""
+
+DATABASE_URL = "sqlite:///expiryd.sqlite3"
+"""The embedded database used when `[database] url` is absent."""
+
+DATABASE_POOL = "none"
+""""none": a new connection per unit of work; "queue": a pooled engine."""
+
+DATABASE_TLS = "preferred"
+"""MySQL TLS: "off", "preferred" (the driver's default: TLS if the server offers it) or
+"required". Each new connection pays for the handshake, so loopback setups may pick "off"."""
+
+POOL_RECYCLE_SECONDS = 280
+"""With pool = "queue": connections older than this are replaced before use, well under a
+typical MySQL `wait_timeout`."""
+
+KEY_PREFIX = "expiryd:"
+"""Keys under this prefix belong to expiryd itself and are never dispatched."""
+
+MAX_KEY_BYTES = 1024
+"""Longer expired key names are reported as unrouted without being matched."""
+
+NOTIFY_FLAGS = "Ex"
+"""The `notify-keyspace-events` classes expiryd needs: keyevent channel, expired events."""
+
+RECONNECT_BASE_SECONDS = 0.5
+RECONNECT_CAP_SECONDS = 30.0
+"""Backoff between attempts to reconnect to Redis."""
+
+HEALTH_CHECK_SECONDS = 10
+"""A silent pub/sub connection is pinged this often, so a dead peer is noticed."""
+
+LOG_KEY_CHARS = 200
+"""Key names longer than this are shortened in log lines."""
+
+ORDERS_TABLE = "orders"
+ORDERS_KEY_COLUMN = "order_sn"
+ORDERS_STATUS_COLUMN = "status"
+ORDERS_CANCEL = {"from": [0], "to": 3}
+ORDERS_COMPLETE = {"from": [2], "to": 4}
+"""How the built-in order handlers see the orders table."""
+
+ORDER_FIELD = "order_sn"
+"""The route field that carries the order number for the order handlers."""

@@ -1,0 +1,47 @@
+"""sql: any parameterised statement; the pattern's fields are its bind parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, TextClause, text
+from sqlalchemy.exc import ArgumentError
+
+from expiryd.errors import ConfigError
+from expiryd.expiry import Expiry
+from expiryd.outcomes import Result
+from expiryd.routes import Route
+
+
+@dataclass(frozen=True)
+class SqlStatement:
+    engine: Engine
+    statement: TextClause
+    params: tuple[str, ...]
+
+    def __call__(self, expiry: Expiry) -> Result:
+        values = {name: expiry.fields[name] for name in self.params}
+        with self.engine.begin() as connection:
+            rows = connection.execute(self.statement, values).rowcount
+        return Result.from_rows(rows if rows >= 0 else None)
+
+
+def build(route: Route, engine: Engine) -> SqlStatement:
+    sql = route.options.get("sql")
+    if not isinstance(sql, str) or not sql.strip():
+        raise ConfigError('needs sql = "UPDATE ... WHERE id = :field"')
+    unknown = set(route.options) - {"sql"}
+    if unknown:
+        raise ConfigError(f"unknown setting {sorted(unknown)[0]!r} for handler 'sql'")
+    try:
+        statement = text(sql)
+        params = tuple(statement.compile().params)
+    except ArgumentError as exc:
+        raise ConfigError(f"sql: {exc}") from None
+    missing = [name for name in params if name not in route.pattern.fields]
+    if missing:
+        raise ConfigError(
+            f"sql uses :{missing[0]}, which the pattern does not capture "
+            f"(fields: {', '.join(route.pattern.fields) or 'none'})"
+        )
+    return SqlStatement(engine, statement, params)

@@ -1,0 +1,30 @@
+"""The outcome of one expiry: one name used by the worker, the logs and (later) metrics."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Outcome(enum.StrEnum):
+    APPLIED = "applied"
+    """The handler changed what it was meant to change."""
+    SKIPPED = "skipped"
+    """The handler ran and found nothing to change (e.g. the order was paid meanwhile)."""
+    UNROUTED = "unrouted"
+    """No route matched the key; nothing ran."""
+    FAILED = "failed"
+    """The handler raised; the error is in the log line."""
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    rows: int | None = None
+
+    @classmethod
+    def from_rows(cls, rows: int | None) -> Result:
+        """A statement that changed no row was skipped; an unknown count counts as applied."""
+        if rows == 0:
+            return cls(Outcome.SKIPPED, 0)
+        return cls(Outcome.APPLIED, rows)
