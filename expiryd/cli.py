@@ -58,7 +58,7 @@ def _schedule(args: argparse.Namespace) -> int:
     target = RedisTarget.from_url(config.load(args.config).redis.url)
     client = target.client()
     try:
-        client.setex(args.key, seconds, args.value)
+        client.set(args.key, args.value, ex=seconds)
     except CONNECTION_ERRORS as exc:
         raise ServiceError(f"Redis at {target.safe_url}: {logs.describe_error(exc)}") from None
     finally:
@@ -108,24 +108,51 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     run = _command(commands, "run", _run, common, "Listen for expiries and handle them.")
-    run.add_argument("--log-format", choices=logs.FORMATS, default="auto",
-                     help="json lines, a console view, or auto (console on a terminal)")  # fmt: skip
+    run.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="auto",
+        help="json lines, a console view, or auto (console on a terminal)",
+    )
     run.add_argument("--log-level", choices=logs.LEVELS, default="info")
-    run.add_argument("--configure-redis", action="store_true",
-                     help="set notify-keyspace-events on the server if it lacks what is needed")  # fmt: skip
+    run.add_argument(
+        "--configure-redis",
+        action="store_true",
+        help="set notify-keyspace-events on the server if it lacks what is needed",
+    )
 
-    _command(commands, "check", _check, common,
-             "Check the config, Redis, its notification flags, the database and its tables.")  # fmt: skip
+    _command(
+        commands,
+        "check",
+        _check,
+        common,
+        "Check the config, Redis, its notification flags, the database and its tables.",
+    )
 
-    schedule = _command(commands, "schedule", _schedule, common,
-                        "Set a key that expires after a delay (SETEX), to try expiryd out.")  # fmt: skip
+    schedule = _command(
+        commands,
+        "schedule",
+        _schedule,
+        common,
+        "Set a key that expires after a delay (SETEX), to try expiryd out.",
+    )
     schedule.add_argument("key", help="the key, e.g. order:cancel:SN123")
-    schedule.add_argument("--in", dest="delay", required=True, metavar="DURATION",
-                          help="when it expires: 90s, 30m, 2h, 10d")  # fmt: skip
+    schedule.add_argument(
+        "--in",
+        dest="delay",
+        required=True,
+        metavar="DURATION",
+        help="when it expires: 90s, 30m, 2h, 10d",
+    )
     schedule.add_argument("--value", default="1", help="the key's value (default: 1)")
 
-    _command(commands, "init-db", _init_db, common,
-             "Create a sample orders table per [orders]; an existing table is left alone.")  # fmt: skip
+    _command(
+        commands,
+        "init-db",
+        _init_db,
+        common,
+        "Create a sample orders table per [orders]; an existing table is left alone.",
+    )
     return parser
 
 

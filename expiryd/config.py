@@ -61,11 +61,9 @@ class OrdersSettings:
     table: str = defaults.ORDERS_TABLE
     key_column: str = defaults.ORDERS_KEY_COLUMN
     status_column: str = defaults.ORDERS_STATUS_COLUMN
-    cancel: StatusChange = StatusChange(
-        tuple(defaults.ORDERS_CANCEL["from"]), defaults.ORDERS_CANCEL["to"]
-    )
+    cancel: StatusChange = StatusChange(defaults.ORDERS_CANCEL_FROM, defaults.ORDERS_CANCEL_TO)
     complete: StatusChange = StatusChange(
-        tuple(defaults.ORDERS_COMPLETE["from"]), defaults.ORDERS_COMPLETE["to"]
+        defaults.ORDERS_COMPLETE_FROM, defaults.ORDERS_COMPLETE_TO
     )
 
 

@@ -26,8 +26,9 @@ class RedisTarget:
     @classmethod
     def from_url(cls, url: str) -> RedisTarget:
         kwargs = redis.ConnectionPool.from_url(url).connection_kwargs
-        return cls(url, int(kwargs.get("db") or 0), kwargs.get("host", "localhost"),
-                   kwargs.get("port"))  # fmt: skip
+        return cls(
+            url, int(kwargs.get("db") or 0), kwargs.get("host", "localhost"), kwargs.get("port")
+        )
 
     @property
     def safe_url(self) -> str:
@@ -63,7 +64,7 @@ def missing_flags(current: str, required: str = defaults.NOTIFY_FLAGS) -> str:
 
 
 def read_notify_flags(client: redis.Redis) -> str:
-    reply = client.config_get("notify-keyspace-events")
+    reply: dict[Any, Any] = client.config_get("notify-keyspace-events")
     value = reply.get("notify-keyspace-events", reply.get(b"notify-keyspace-events", ""))
     return value.decode() if isinstance(value, bytes) else str(value)
 

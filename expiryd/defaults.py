@@ -42,8 +42,10 @@ LOG_KEY_CHARS = 200
 ORDERS_TABLE = "orders"
 ORDERS_KEY_COLUMN = "order_sn"
 ORDERS_STATUS_COLUMN = "status"
-ORDERS_CANCEL = {"from": [0], "to": 3}
-ORDERS_COMPLETE = {"from": [2], "to": 4}
+ORDERS_CANCEL_FROM: tuple[int | str, ...] = (0,)
+ORDERS_CANCEL_TO: int | str = 3
+ORDERS_COMPLETE_FROM: tuple[int | str, ...] = (2,)
+ORDERS_COMPLETE_TO: int | str = 4
 """How the built-in order handlers see the orders table."""
 
 ORDER_FIELD = "order_sn"

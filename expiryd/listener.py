@@ -93,4 +93,3 @@ class Listener:
             event, error=error, attempt=self._failures, retry_in_s=round(delay, 2), **extra
         )
         self.stop.wait(delay)
-

@@ -16,11 +16,29 @@ _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 RESERVED_FIELDS = frozenset(
     {
-        "event", "level", "timestamp", "logger", "key", "route", "handler", "outcome",
-        "rows", "duration_ms", "error", "value", "deadline", "lateness_ms", "recovered",
-        "source", "attempt", "id", "reason", "exc_info", "channel",
+        "event",
+        "level",
+        "timestamp",
+        "logger",
+        "key",
+        "route",
+        "handler",
+        "outcome",
+        "rows",
+        "duration_ms",
+        "error",
+        "value",
+        "deadline",
+        "lateness_ms",
+        "recovered",
+        "source",
+        "attempt",
+        "expiry_id",
+        "reason",
+        "exc_info",
+        "channel",
     }
-)  # fmt: skip
+)
 """Names a field may not take: they are the log line's own fields."""
 
 

@@ -1,0 +1,119 @@
+"""`expiryd` as a user runs it: a subprocess whose JSON log lines the test reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+Line = dict[str, Any]
+
+
+def setex(client: redis.Redis, key: str | bytes, seconds: int, value: str = "x") -> None:
+    """What a producer in any language sends: the SETEX command itself."""
+    client.execute_command("SETEX", key, seconds, value)
+
+
+def expiryd_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "expiryd", *args]
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        expiryd_command(*args),
+        cwd=cwd,
+        env=_environ(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _environ(extra: dict[str, str] | None) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EXPIRYD_")}
+    environ.update(extra or {})
+    return environ
+
+
+class DaemonProcess:
+    """`expiryd run --log-format json`, with stdout parsed line by line as it comes."""
+
+    def __init__(
+        self,
+        config: Path | None,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.config = config
+        config_args = ["--config", str(config)] if config else []
+        self.lines: list[Line] = []
+        self.raw: list[str] = []
+        self.stderr = ""
+        self.process = subprocess.Popen(
+            expiryd_command("run", *config_args, "--log-format", "json", *extra_args),
+            cwd=cwd or (config.parent if config else None),
+            env=_environ(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            self.raw.append(raw)
+            self.lines.append(json.loads(raw))
+
+    def events(self, name: str) -> list[Line]:
+        return [line for line in list(self.lines) if line["event"] == name]
+
+    def handled(self) -> list[Line]:
+        return self.events("expiry.handled")
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 20, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.process.poll() is not None:
+                self._reader.join(2)
+                raise AssertionError(f"expiryd exited {self.process.returncode}: {self.output()}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what or predicate}: {self.output()}")
+
+    def wait_for_event(self, name: str, count: int = 1, timeout: float = 20) -> list[Line]:
+        self.wait_for(lambda: len(self.events(name)) >= count, timeout, f"{count} x {name}")
+        return self.events(name)
+
+    def wait_subscribed(self, count: int = 1) -> None:
+        self.wait_for_event("listener.subscribed", count)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process.stderr is not None and self.process.stdout is not None
+        if self.process.stderr.closed:
+            return int(self.process.returncode)
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        self.stderr = self.process.stderr.read()
+        self.process.stderr.close()
+        self.process.stdout.close()
+        return code
+
+    def output(self) -> str:
+        return "".join(self.raw[-30:])[-4000:]

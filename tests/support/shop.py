@@ -1,0 +1,77 @@
+"""Order tables for the tests, in the shapes shops really have."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine, text
+
+from expiryd.config import OrdersSettings
+from expiryd.sample import create_sample_table
+
+SEED_ORDERS = OrdersSettings(table="order", key_column="ordersn", status_column="status")
+"""The seed's schema: a table literally named `order`, varchar status and order number."""
+
+
+def engine_for(url: str) -> Engine:
+    return create_engine(url)
+
+
+def create_orders(
+    url: str,
+    orders: dict[str, int | str],
+    settings: OrdersSettings | None = None,
+    create: bool = True,
+) -> None:
+    """The table `settings` describes (the default sample table when None), with rows."""
+    engine = engine_for(url)
+    settings = settings or OrdersSettings()
+    if create and settings.table == SEED_ORDERS.table:
+        _create_seed_table(engine)
+    elif create:
+        create_sample_table(engine, settings)
+    table = Table(settings.table, MetaData(), autoload_with=engine)
+    with engine.begin() as connection:
+        for number, status in orders.items():
+            connection.execute(
+                table.insert().values({settings.key_column: number, settings.status_column: status})
+            )
+    engine.dispose()
+
+
+def _create_seed_table(engine: Engine) -> None:
+    Table(
+        "order",
+        MetaData(),
+        Column("ordersn", String(255), nullable=False, server_default=""),
+        Column("status", String(255), nullable=False, server_default=""),
+        Column("createtime", String(255), nullable=False, server_default=""),
+        Column("id", Integer, primary_key=True, autoincrement=True),
+    ).create(engine)
+
+
+def statuses(url: str, settings: OrdersSettings | None = None) -> dict[str, int | str]:
+    settings = settings or OrdersSettings()
+    engine = engine_for(url)
+    table = Table(settings.table, MetaData(), autoload_with=engine)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            table.select().with_only_columns(
+                table.c[settings.key_column], table.c[settings.status_column]
+            )
+        ).all()
+    engine.dispose()
+    return {row[0]: row[1] for row in rows}
+
+
+def rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    engine = engine_for(url)
+    with engine.connect() as connection:
+        found = [tuple(row) for row in connection.execute(text(sql))]
+    engine.dispose()
+    return found
+
+
+def execute(url: str, sql: str) -> None:
+    engine = engine_for(url)
+    with engine.begin() as connection:
+        connection.execute(text(sql))
+    engine.dispose()

@@ -1,0 +1,91 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from expiryd import config
+from expiryd.errors import ConfigError
+
+
+def parse(text: str, environ: dict[str, str] | None = None) -> config.Config:
+    return config.parse(tomllib.loads(text), "shop.toml", environ or {})
+
+
+def test_example_config_from_the_readme_parses() -> None:
+    example = Path(__file__).parents[2] / "expiryd.toml.example"
+    loaded = config.load(str(example), environ={})
+    assert [r.handler for r in loaded.routes][:2] == ["orders.cancel", "orders.complete"]
+
+
+def test_no_file_at_the_default_path_means_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    loaded = config.load(None, environ={})
+    assert loaded.source == "(defaults)"
+    assert loaded.database.url == "sqlite:///expiryd.sqlite3"
+    assert loaded.database.pool == "none"
+    assert [r.pattern.text for r in loaded.routes] == [
+        "order:cancel:{order_sn}",
+        "order:complete:{order_sn}",
+    ]
+
+
+def test_an_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        config.load(str(tmp_path / "nope.toml"), environ={})
+
+
+def test_a_file_that_is_not_toml_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "shop.toml"
+    path.write_text("[redis\n")
+    with pytest.raises(ConfigError, match=r"shop\.toml: not valid TOML"):
+        config.load(str(path), environ={})
+
+
+def test_environment_overrides_urls() -> None:
+    loaded = parse(
+        '[redis]\nurl = "redis://a:1/2"\n[database]\nurl = "sqlite:///x"\n',
+        {"EXPIRYD_REDIS_URL": "redis://b:2/3", "EXPIRYD_DATABASE_URL": "sqlite:///y"},
+    )
+    assert loaded.redis.url == "redis://b:2/3"
+    assert loaded.database.url == "sqlite:///y"
+
+
+def test_orders_statuses_may_be_strings() -> None:
+    loaded = parse('[orders]\ntable = "order"\ncancel = { from = ["0"], to = "3" }\n')
+    assert loaded.orders.table == "order"
+    assert loaded.orders.cancel == config.StatusChange(("0",), "3")
+    assert loaded.orders.complete == config.StatusChange((2,), 4)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[redsi]\n", "shop.toml: redsi: unknown setting"),
+        ('[redis]\nurl = "http://x"\n', r"shop.toml: \[redis\] url: must start with redis://"),
+        ("[redis]\nurl = 5\n", r"\[redis\] url: must be a string"),
+        ('[database]\npool = "big"\n', r"\[database\] pool: must be one of 'none', 'queue'"),
+        ('[database]\ntls = "maybe"\n', r"\[database\] tls: must be one of"),
+        ("[orders]\ncancel = { from = [], to = 3 }\n", r"\[orders\] cancel: `from` must be"),
+        ("[orders]\ncancel = { form = [0], to = 3 }\n", r"\[orders\] cancel form: unknown"),
+        ('[orders]\ntable = ""\n', r"\[orders\] table: must be a table or column name"),
+        ("routes = []\n", r"\[\[routes\]\]: must be one or more"),
+        ('[[routes]]\nhandler = "sql"\n', r"\[\[routes\]\] #1 pattern: is required"),
+        ('[[routes]]\npattern = "a:{b"\nhandler = "sql"\n', r"#1 pattern: 'a:\{b': unbalanced"),
+        (
+            '[[routes]]\npattern = "a:{x}"\nhandler = "sql"\n'
+            '[[routes]]\npattern = "a:{x}"\nhandler = "sql"\n',
+            r"#2: route 'a:\{x\}' is already defined by #1",
+        ),
+    ],
+)
+def test_config_errors_name_file_setting_and_problem(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse(text)
+
+
+def test_url_errors_never_show_the_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse('[redis]\nurl = "redis://u:hunter2@h:notaport/0"\n')
+    assert "hunter2" not in str(caught.value)
