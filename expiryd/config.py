@@ -24,7 +24,7 @@ ENV_DATABASE_URL = "EXPIRYD_DATABASE_URL"
 ENV_CONFIG = "EXPIRYD_CONFIG"
 
 POOLS = ("none", "queue")
-TLS_MODES = ("off", "preferred", "required")
+TLS_MODES = ("off", "required")
 
 DEFAULT_ROUTES = (
     {"pattern": "order:cancel:{order_sn}", "handler": "orders.cancel"},

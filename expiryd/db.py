@@ -52,13 +52,18 @@ def make_engine(settings: DatabaseSettings) -> Engine:
 
 
 def _mysql_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
-    """PyMySQL 1.2+ tries TLS whenever the server offers it; say what we want instead."""
+    """Say what we want of TLS: PyMySQL 1.2+ would otherwise try it on every connection,
+    building a new context (CA bundle and all) each time."""
     args: dict[str, Any] = {"connect_timeout": 5, "charset": "utf8mb4"}
     if settings.tls == "off":
         args["ssl_disabled"] = True
-    elif settings.tls == "required":
-        context = ssl.create_default_context(cafile=settings.tls_ca)
-        args["ssl"] = context
+    else:
+        try:
+            args["ssl"] = ssl.create_default_context(cafile=settings.tls_ca)
+        except OSError as exc:
+            raise ConfigError(
+                f"[database] tls_ca: cannot load {settings.tls_ca!r}: {exc}"
+            ) from None
     return args
 
 

@@ -175,3 +175,11 @@ def test_handler_config_errors_name_the_route_and_the_problem(
     with pytest.raises(ConfigError, match=r"shop\.toml: ") as caught:
         handlers_for(database_url, toml)
     assert message in str(caught.value)
+
+
+def test_tls_required_refuses_a_server_without_tls(mysql_url: str) -> None:
+    from expiryd.config import DatabaseSettings
+
+    engine = make_engine(DatabaseSettings(url=mysql_url, tls="required"))
+    with pytest.raises(DBAPIError, match="SSL"), engine.connect():
+        pass
