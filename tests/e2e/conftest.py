@@ -7,18 +7,10 @@ import pytest
 
 from tests.support.daemon import DaemonProcess
 from tests.support.servers import RedisServer
+from tests.support.shop import ORDER_ROUTES
 
 REPO = Path(__file__).parents[2]
 
-ORDER_ROUTES = """
-[[routes]]
-pattern = "order:cancel:{order_sn}"
-handler = "orders.cancel"
-
-[[routes]]
-pattern = "order:complete:{order_sn}"
-handler = "orders.complete"
-"""
 
 StartDaemon = Callable[..., DaemonProcess]
 

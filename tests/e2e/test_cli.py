@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.conftest import ORDER_ROUTES, StartDaemon, write_config
+from tests.e2e.conftest import StartDaemon, write_config
 from tests.support.daemon import DaemonProcess, run_cli, setex
 from tests.support.servers import MariaDB, RedisServer
-from tests.support.shop import create_orders, statuses
+from tests.support.shop import ORDER_ROUTES, create_orders, statuses
 
 
 def assert_one_line_error(stderr: str, *parts: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 from tests.e2e.conftest import StartDaemon
 from tests.support.daemon import DaemonProcess, setex
 from tests.support.servers import MariaDB, RedisServer
-from tests.support.shop import SEED_ORDERS, create_orders, statuses
+from tests.support.shop import ORDER_ROUTES, SEED_ORDERS, create_orders, execute, statuses
 
 
 def handled_by_key(daemon: DaemonProcess, count: int, timeout: float = 20) -> dict[str, dict]:
@@ -65,8 +65,6 @@ def test_an_order_paid_before_its_deadline_is_skipped(
     create_orders(mysql_url, {"SN1": 0})
     daemon = start_daemon(mysql_url)
     setex(redis_db.client(), "order:cancel:SN1", 1, "x")
-    from tests.support.shop import execute
-
     execute(mysql_url, "UPDATE orders SET status = 1 WHERE order_sn = 'SN1'")
 
     line = handled_by_key(daemon, 1)["order:cancel:SN1"]
@@ -104,7 +102,7 @@ def test_an_idle_daemon_outlives_the_servers_wait_timeout(
     mariadb: MariaDB, mysql_url: str, redis_db: RedisServer, start_daemon: StartDaemon, pool: str
 ) -> None:
     create_orders(mysql_url, {"SN1": 0, "SN2": 0})
-    body = f'pool = "{pool}"\n' + __import__("tests.e2e.conftest").e2e.conftest.ORDER_ROUTES
+    body = f'pool = "{pool}"\n' + ORDER_ROUTES
     with mariadb.admin() as admin, admin.cursor() as cursor:
         cursor.execute("SET GLOBAL wait_timeout = 2")
     try:

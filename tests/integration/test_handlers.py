@@ -13,17 +13,7 @@ from expiryd.expiry import Expiry
 from expiryd.handlers import Handler, build_handlers
 from expiryd.outcomes import Outcome, Result
 from expiryd.routes import match_route
-from tests.support.shop import SEED_ORDERS, create_orders, execute, rows, statuses
-
-ORDER_ROUTES = """
-[[routes]]
-pattern = "order:cancel:{order_sn}"
-handler = "orders.cancel"
-
-[[routes]]
-pattern = "order:complete:{order_sn}"
-handler = "orders.complete"
-"""
+from tests.support.shop import ORDER_ROUTES, SEED_ORDERS, create_orders, execute, rows, statuses
 
 Run = Callable[[str], Result]
 

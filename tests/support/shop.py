@@ -7,6 +7,17 @@ from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_
 from expiryd.config import OrdersSettings
 from expiryd.sample import create_sample_table
 
+ORDER_ROUTES = """
+[[routes]]
+pattern = "order:cancel:{order_sn}"
+handler = "orders.cancel"
+
+[[routes]]
+pattern = "order:complete:{order_sn}"
+handler = "orders.complete"
+"""
+"""The two order routes, as a config file has them."""
+
 SEED_ORDERS = OrdersSettings(table="order", key_column="ordersn", status_column="status")
 """The seed's schema: a table literally named `order`, varchar status and order number."""
 
