@@ -38,6 +38,7 @@ class RedisSettings:
     url: str
     prefix: str = defaults.KEY_PREFIX
     max_key_bytes: int = defaults.MAX_KEY_BYTES
+    capture_values: bool = defaults.CAPTURE_VALUES
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 
 def _parse_redis(section: _Section, environ: Mapping[str, str]) -> RedisSettings:
-    section.only("url", "prefix", "max_key_bytes")
+    section.only("url", "prefix", "max_key_bytes", "capture_values")
     url = environ.get(ENV_REDIS_URL) or section.get("url", str, defaults.REDIS_URL)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise section.fail("url", "must start with redis://, rediss:// or unix://")
@@ -169,7 +170,12 @@ def _parse_redis(section: _Section, environ: Mapping[str, str]) -> RedisSettings
     max_key_bytes = section.get("max_key_bytes", int, defaults.MAX_KEY_BYTES)
     if max_key_bytes < 16:
         raise section.fail("max_key_bytes", "must be at least 16")
-    return RedisSettings(url=url, prefix=prefix, max_key_bytes=max_key_bytes)
+    return RedisSettings(
+        url=url,
+        prefix=prefix,
+        max_key_bytes=max_key_bytes,
+        capture_values=section.get("capture_values", bool, defaults.CAPTURE_VALUES),
+    )
 
 
 def _parse_database(section: _Section, environ: Mapping[str, str]) -> DatabaseSettings:

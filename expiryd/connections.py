@@ -34,9 +34,8 @@ class RedisTarget:
     def safe_url(self) -> str:
         return redact_url(self.url)
 
-    @property
-    def expired_channel(self) -> str:
-        return f"__keyevent@{self.db}__:expired"
+    def keyevent_channel(self, event: str) -> str:
+        return f"__keyevent@{self.db}__:{event}"
 
     def client(self, **options: Any) -> redis.Redis:
         """A client that raises on a lost connection instead of reconnecting silently, so

@@ -1,7 +1,9 @@
-"""`expiryd run`: the listener feeds expired keys to the worker until a signal says stop.
+"""`expiryd run`: three threads around one inbox.
 
-The listener runs in a thread of its own so that a slow database never keeps it from
-reading Redis (a pub/sub client that falls behind is disconnected by the server).
+- the listener reads keyevent notifications into the inbox, never waiting on anything
+  else, so a slow database cannot make Redis drop it for falling behind;
+- the sweeper keeps the ledger up to date and nudges keys whose deadline has passed;
+- the main thread takes events from the inbox in order: ledger updates, claims, handlers.
 """
 
 from __future__ import annotations
@@ -9,22 +11,32 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+import uuid
 from types import FrameType
 
 from expiryd import __version__
 from expiryd.config import Config
 from expiryd.connections import CONNECTION_ERRORS, RedisTarget, ensure_notifications
 from expiryd.db import make_engine
+from expiryd.dispatch import Dispatcher
 from expiryd.handlers import build_handlers
-from expiryd.listener import Listener
+from expiryd.keyspace import Keyspace
+from expiryd.ledger import Ledger
+from expiryd.listener import Event, Listener
 from expiryd.logs import describe_error, get_logger, redact_url
+from expiryd.sweeper import Sweeper
 from expiryd.worker import Worker
+
+BATCH = 500
+"""Events taken from the inbox at a time, so runs of ledger updates share a round trip."""
 
 
 class Daemon:
     def __init__(self, config: Config, configure_redis: bool = False) -> None:
         self.config = config
+        self.configure_redis = configure_redis
         self.target = RedisTarget.from_url(config.redis.url)
+        keyspace = Keyspace(config.redis.prefix, self.target.db)
         self.engine = make_engine(config.database)
         self.worker = Worker(
             routes=config.routes,
@@ -33,8 +45,20 @@ class Daemon:
             max_key_bytes=config.redis.max_key_bytes,
         )
         self.stop = threading.Event()
-        self.inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        self.listener = Listener(self.target, self.inbox.put, self.stop, configure_redis)
+        self.inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.redis = self.target.client()
+        ledger = Ledger(self.redis, keyspace, config.redis.capture_values)
+        marker_prefix = f"{uuid.uuid4().hex}:"
+        max_key_bytes = config.redis.max_key_bytes
+        self.listener = Listener(
+            self.target, keyspace, self.inbox.put, self._resubscribed, self.stop, configure_redis
+        )
+        self.sweeper = Sweeper(
+            ledger, marker_prefix, self.listener.subscribed, self.stop, max_key_bytes
+        )
+        self.dispatcher = Dispatcher(
+            ledger, keyspace, self.worker.handle, marker_prefix, max_key_bytes
+        )
         self._signal: str | None = None
         self._log = get_logger()
 
@@ -48,36 +72,59 @@ class Daemon:
             redis=self.target.safe_url,
             database=redact_url(self.config.database.url),
             routes=[route.name for route in self.config.routes],
+            capture_values=self.config.redis.capture_values,
         )
-        thread = threading.Thread(target=self.listener.run, name="listener", daemon=True)
-        thread.start()
+        threads = [
+            threading.Thread(target=self.listener.run, name="listener", daemon=True),
+            threading.Thread(target=self.sweeper.run, name="sweeper", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
         while not self.stop.is_set():
-            self._handle_next(timeout=0.5)
+            self._process_next(timeout=0.5)
         self._log.info("expiryd.stopping", signal=self._signal, in_hand=self.inbox.qsize())
-        thread.join(timeout=10)
-        while self._handle_next(timeout=0):
+        for thread in threads:
+            thread.join(timeout=10)
+        while self._process_next(timeout=0):
             pass
         self.engine.dispose()
+        self.redis.close()
         self._log.info("expiryd.stopped", **{o.value: n for o, n in self.worker.counts.items()})
         return 0
 
-    def _handle_next(self, timeout: float) -> bool:
-        try:
-            key = self.inbox.get(timeout=timeout) if timeout else self.inbox.get_nowait()
-        except queue.Empty:
+    def _resubscribed(self) -> None:
+        self.sweeper.request_resync()
+
+    def _process_next(self, timeout: float) -> bool:
+        events = self._take(timeout)
+        if not events:
             return False
-        self.worker.handle(key)
+        try:
+            self.dispatcher.process(events)
+        except CONNECTION_ERRORS as exc:
+            # What was not claimed stays in the ledger and is recovered after the rescan.
+            self._log.warning("ledger.unavailable", error=describe_error(exc))
+            self.sweeper.request_resync()
         return True
+
+    def _take(self, timeout: float) -> list[Event]:
+        try:
+            events = [self.inbox.get(timeout=timeout) if timeout else self.inbox.get_nowait()]
+        except queue.Empty:
+            return []
+        while len(events) < BATCH:
+            try:
+                events.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return events
 
     def _check_redis(self) -> None:
         """Fail fast on a Redis that would never notify; an unreachable one is retried."""
-        client = self.target.client()
         try:
-            ensure_notifications(self.target, client, self.listener.configure_redis)
+            ensure_notifications(self.target, self.redis, self.configure_redis)
         except CONNECTION_ERRORS as exc:
             self._log.warning("redis.unreachable", error=describe_error(exc))
-        finally:
-            client.close()
 
     def _install_signal_handlers(self) -> None:
         # Only set flags here: logging from a signal handler could deadlock on the log lock.

@@ -27,8 +27,24 @@ KEY_PREFIX = "expiryd:"
 MAX_KEY_BYTES = 1024
 """Longer expired key names are reported as unrouted without being matched."""
 
-NOTIFY_FLAGS = "Ex"
-"""The `notify-keyspace-events` classes expiryd needs: keyevent channel, expired events."""
+NOTIFY_FLAGS = "Egx"
+"""The `notify-keyspace-events` classes expiryd needs: keyevent channels (E), generic events
+such as expire, del, rename and persist (g) to keep the ledger exact, and expired events (x)."""
+
+CAPTURE_VALUES = False
+"""Record each key's value when its TTL is set, to hand it to the handler after expiry."""
+
+SWEEP_INTERVAL_SECONDS = 0.05
+"""How often the ledger is checked for deadlines that have passed."""
+
+SWEEP_LIMIT = 1000
+"""At most this many due keys are looked at per sweep."""
+
+SCAN_COUNT = 1000
+"""Keys asked for per SCAN step when the ledger is brought up to date."""
+
+RECENT_SECONDS = 300
+"""A handled expiry is remembered this long, so a repeated event for it is not handled again."""
 
 RECONNECT_BASE_SECONDS = 0.5
 RECONNECT_CAP_SECONDS = 30.0

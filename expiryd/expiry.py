@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+
+
+class Source(enum.StrEnum):
+    """How expiryd learned that a key expired."""
+
+    EVENT = "event"
+    """Redis announced it on its own."""
+    NUDGE = "nudge"
+    """expiryd looked at the key after its deadline, which made Redis expire it then."""
+    RECOVERY = "recovery"
+    """It expired while expiryd was not listening; found through the ledger afterwards."""
 
 
 @dataclass(frozen=True)
@@ -12,7 +24,8 @@ class Expiry:
 
     `fields` holds every `{placeholder}` of the route's pattern, e.g.
     ``{"order_sn": "SN123", "use_mysql": "1"}`` for ``{order_sn}:{use_mysql}``.
-    `value` and `deadline` stay None until expiryd records them at SETEX time.
+    `value` is the key's value when its TTL was set (only with capture_values), and
+    `deadline` the moment its TTL ran out (UTC), when expiryd recorded it.
     """
 
     key: str

@@ -1,20 +1,24 @@
-"""The pub/sub subscriber: `__keyevent@<db>__:expired` in, expired key names out.
+"""The pub/sub subscriber: keyevent notifications and sweep markers in, `Event`s out.
 
 redis-py would reconnect a pub/sub connection silently; expiryd's clients raise instead,
-so every drop is logged, waited out with backoff, and followed by a logged resubscribe.
+so every drop is logged, waited out with backoff, and followed by a logged resubscribe
+that the ledger answers with a fresh scan.
 """
 
 from __future__ import annotations
 
+import enum
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from expiryd import defaults
 from expiryd.backoff import backoff_delay
 from expiryd.connections import CONNECTION_ERRORS, RedisTarget, ensure_notifications
 from expiryd.errors import ServiceError
+from expiryd.keyspace import Keyspace
 from expiryd.logs import describe_error, get_logger
 
 _KEEPALIVE = {
@@ -29,21 +33,50 @@ _KEEPALIVE = {
 """A peer that vanished without closing the connection is noticed within about 30 s."""
 
 
+class Kind(enum.Enum):
+    EXPIRED = "expired"
+    EXPIRE = "expire"
+    DEL = "del"
+    PERSIST = "persist"
+    RENAME_FROM = "rename_from"
+    RENAME_TO = "rename_to"
+    MARKER = "marker"
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: Kind
+    data: bytes
+    """The key name; for a marker, its payload."""
+
+
 class Listener:
     def __init__(
         self,
         target: RedisTarget,
-        on_expired: Callable[[bytes], None],
+        keyspace: Keyspace,
+        on_event: Callable[[Event], None],
+        on_subscribed: Callable[[], None],
         stop: threading.Event,
         configure_redis: bool = False,
     ) -> None:
         self.target = target
-        self.on_expired = on_expired
+        self.on_event = on_event
+        self.on_subscribed = on_subscribed
         self.stop = stop
         self.configure_redis = configure_redis
+        self.subscribed = threading.Event()
+        """Set while every channel is subscribed; cleared when the connection is lost."""
         self.subscriptions = 0
+        self._kinds: dict[bytes, Kind] = {
+            target.keyevent_channel(kind.value).encode(): kind
+            for kind in Kind
+            if kind is not Kind.MARKER
+        }
+        self._kinds[keyspace.sweep_channel.encode()] = Kind.MARKER
+        self._confirmed = 0
         self._failures = 0
-        self._log = get_logger(channel=target.expired_channel)
+        self._log = get_logger(db=target.db)
 
     def run(self) -> None:
         """Listen until `stop` is set, reconnecting for as long as it takes."""
@@ -63,12 +96,14 @@ class Listener:
             socket_keepalive_options=_KEEPALIVE,
         )
         pubsub = client.pubsub(ignore_subscribe_messages=False)
+        self._confirmed = 0
         try:
             ensure_notifications(self.target, client, self.configure_redis)
-            pubsub.subscribe(self.target.expired_channel)
+            pubsub.subscribe(*self._kinds)
             while not self.stop.is_set():
                 self._receive(pubsub.get_message(timeout=1.0))
         finally:
+            self.subscribed.clear()
             pubsub.close()
             client.close()
 
@@ -76,12 +111,16 @@ class Listener:
         if message is None:
             return
         if message["type"] == "message":
-            self.on_expired(message["data"])
+            self.on_event(Event(self._kinds[message["channel"]], message["data"]))
         elif message["type"] == "subscribe":
-            # The server's confirmation: from here on, no expiry is missed.
-            self.subscriptions += 1
-            self._failures = 0
-            self._log.info("listener.subscribed", resubscribe=self.subscriptions > 1)
+            self._confirmed += 1
+            if self._confirmed == len(self._kinds):
+                # The server's confirmation: from here on, no event is missed.
+                self.subscriptions += 1
+                self._failures = 0
+                self.subscribed.set()
+                self._log.info("listener.subscribed", resubscribe=self.subscriptions > 1)
+                self.on_subscribed()
 
     def _wait_after(self, event: str, error: str, exc_info: bool = False) -> None:
         self._failures += 1

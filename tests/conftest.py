@@ -29,7 +29,7 @@ def redis_db(redis_server: RedisServer) -> RedisServer:
         redis_server.start()
     client = redis_server.client()
     client.flushall()
-    client.config_set("notify-keyspace-events", "Ex")
+    client.config_set("notify-keyspace-events", "Egx")
     client.close()
     return redis_server
 

@@ -40,7 +40,7 @@ def require(binary: str) -> str:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, notify_flags: str = "Ex") -> None:
+    def __init__(self, workdir: Path, notify_flags: str = "Egx") -> None:
         self.workdir = workdir
         self.port = free_port()
         self.notify_flags = notify_flags

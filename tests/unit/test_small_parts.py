@@ -31,7 +31,7 @@ def test_backoff_grows_then_caps_with_jitter_between_half_and_all() -> None:
 
 @pytest.mark.parametrize(
     ("current", "missing"),
-    [("", "Ex"), ("E", "x"), ("xE", ""), ("KEA", ""), ("Kx", "E"), ("AK", "E"), ("Egx", "")],
+    [("", "Egx"), ("E", "gx"), ("xE", "g"), ("KEA", ""), ("Kgx", "E"), ("AK", "E"), ("xgE", "")],
 )
 def test_missing_notify_flags(current: str, missing: str) -> None:
     assert missing_flags(current) == missing

@@ -1,0 +1,44 @@
+"""The names of everything expiryd keeps in Redis, built in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keyspace:
+    prefix: str
+    db: int
+
+    @property
+    def deadlines(self) -> str:
+        """ZSET: watched key -> deadline (ms since the epoch, Redis clock) while it lives."""
+        return f"{self.prefix}deadlines"
+
+    @property
+    def gone(self) -> str:
+        """ZSET: key found gone at or after its deadline -> when it was found (ms)."""
+        return f"{self.prefix}gone"
+
+    @property
+    def gone_deadlines(self) -> str:
+        """HASH: key in `gone` -> the deadline it had."""
+        return f"{self.prefix}gone:deadlines"
+
+    @property
+    def values(self) -> str:
+        """HASH: key -> its value when its TTL was set (with capture_values)."""
+        return f"{self.prefix}values"
+
+    @property
+    def recent(self) -> str:
+        """ZSET: key -> when its expiry was claimed, so it is claimed only once."""
+        return f"{self.prefix}recent"
+
+    @property
+    def sweep_channel(self) -> str:
+        """Pub/sub channel of the sweep markers (see `ledger`)."""
+        return f"{self.prefix}sweep@{self.db}"
+
+    def owns(self, key: bytes) -> bool:
+        return key.startswith(self.prefix.encode())

@@ -1,0 +1,251 @@
+"""The ledger: every watched key's deadline, kept in Redis so that expiryd, not Redis's
+expiry sampling or a pub/sub connection, decides when an expiry is due and whether it
+was seen.
+
+How the pieces fit:
+- `record` runs for every `expire`/`rename_to` event and for every key a SCAN finds: it
+  stores the key's deadline (and, with capture_values, its value). `forget` runs for
+  `del`, `persist` and `rename_from`.
+- `sweep`, run every few milliseconds, reads the PTTL of each key whose deadline has
+  passed. Reading an expired key makes Redis delete it and publish `expired` at once (the
+  nudge). Keys found gone move to the `gone` set, and a marker is published on the
+  sweep channel *after* any `expired` events the sweep caused, from inside the same script.
+- An `expired` event `claim`s its key: the first claim wins, so no expiry runs twice.
+- When the listener receives a marker, every `expired` event published before it has
+  already been received. So whatever is still in `gone` then (up to the marker's time)
+  was announced while nobody listened: `reconcile` claims it as recovered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from expiryd import defaults
+from expiryd.expiry import Source
+from expiryd.keyspace import Keyspace
+
+_NOW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local function ms(n) return string.format('%.0f', n) end
+"""
+
+# KEYS: deadlines, values, recent, watched keys...   ARGV: capture ("1" or "0")
+_RECORD = (
+    _NOW
+    + """
+local recorded = 0
+for i = 4, #KEYS do
+  local key = KEYS[i]
+  local ttl = redis.call('PTTL', key)
+  if ttl > 0 then
+    redis.call('ZADD', KEYS[1], ms(now + ttl), key)
+    redis.call('ZREM', KEYS[3], key)
+    recorded = recorded + 1
+    if ARGV[1] == '1' and redis.call('TYPE', key)['ok'] == 'string' then
+      redis.call('HSET', KEYS[2], key, redis.call('GET', key))
+    end
+  elseif ttl == -1 then
+    redis.call('ZREM', KEYS[1], key)
+    redis.call('HDEL', KEYS[2], key)
+  end
+end
+return recorded
+"""
+)
+
+# KEYS: deadlines, gone, gone_deadlines, values, recent, key   ARGV: keep_ms
+_CLAIM = (
+    _NOW
+    + """
+local key = KEYS[6]
+local source = 'event'
+local deadline = redis.call('ZSCORE', KEYS[1], key)
+if deadline then
+  redis.call('ZREM', KEYS[1], key)
+else
+  deadline = redis.call('HGET', KEYS[3], key)
+  if deadline then
+    source = 'nudge'
+    redis.call('ZREM', KEYS[2], key)
+    redis.call('HDEL', KEYS[3], key)
+  elseif redis.call('ZSCORE', KEYS[5], key) then
+    return false
+  end
+end
+local value = redis.call('HGET', KEYS[4], key)
+redis.call('HDEL', KEYS[4], key)
+redis.call('ZADD', KEYS[5], ms(now), key)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ms(now - tonumber(ARGV[1])))
+return {source, deadline or '', value}
+"""
+)
+
+# KEYS: deadlines, gone, gone_deadlines, values, recent   ARGV: found_until_ms, limit, keep_ms
+_RECONCILE = (
+    _NOW
+    + """
+local keys = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local claimed = {}
+for _, key in ipairs(keys) do
+  local deadline = redis.call('HGET', KEYS[3], key)
+  redis.call('ZREM', KEYS[2], key)
+  redis.call('HDEL', KEYS[3], key)
+  -- A key set again since it was found gone is live, and its new deadline counts.
+  if not redis.call('ZSCORE', KEYS[1], key) and redis.call('EXISTS', key) == 0 then
+    local value = redis.call('HGET', KEYS[4], key)
+    redis.call('HDEL', KEYS[4], key)
+    redis.call('ZADD', KEYS[5], ms(now), key)
+    table.insert(claimed, {key, deadline, value})
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ms(now - tonumber(ARGV[3])))
+return {#keys, claimed}
+"""
+)
+
+# KEYS: deadlines, gone, gone_deadlines, values   ARGV: limit, channel, marker prefix
+_SWEEP = (
+    _NOW
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms(now), 'WITHSCORES', 'LIMIT', 0, ARGV[1])
+local moved = 0
+for i = 1, #due, 2 do
+  local key = due[i]
+  local ttl = redis.call('PTTL', key)
+  if ttl > 0 then
+    redis.call('ZADD', KEYS[1], ms(now + ttl), key)
+  elseif ttl == -1 then
+    redis.call('ZREM', KEYS[1], key)
+    redis.call('HDEL', KEYS[4], key)
+  else
+    redis.call('ZREM', KEYS[1], key)
+    redis.call('ZADD', KEYS[2], ms(now), key)
+    redis.call('HSET', KEYS[3], key, due[i + 1])
+    moved = moved + 1
+  end
+end
+if redis.call('ZCARD', KEYS[2]) > 0 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3] .. ms(now))
+end
+return {#due / 2, moved}
+"""
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right, won once per expiry, to run its handler."""
+
+    key: bytes
+    source: Source
+    deadline_ms: int | None = None
+    value: bytes | None = None
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    due: int
+    gone: int
+
+
+class Ledger:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keyspace: Keyspace,
+        capture_values: bool = defaults.CAPTURE_VALUES,
+        recent_seconds: int = defaults.RECENT_SECONDS,
+    ) -> None:
+        self.client = client
+        self.keyspace = keyspace
+        self.capture_values = capture_values
+        self._keep_ms = recent_seconds * 1000
+        self._record = client.register_script(_RECORD)
+        self._claim = client.register_script(_CLAIM)
+        self._reconcile = client.register_script(_RECONCILE)
+        self._sweep = client.register_script(_SWEEP)
+
+    def record(self, keys: Sequence[bytes]) -> int:
+        """Store the deadline of each key that has a TTL; forget those that have none."""
+        if not keys:
+            return 0
+        ks = self.keyspace
+        capture = "1" if self.capture_values else "0"
+        return int(self._record(keys=[ks.deadlines, ks.values, ks.recent, *keys], args=[capture]))
+
+    def forget(self, keys: Sequence[bytes]) -> None:
+        if not keys:
+            return
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keyspace.deadlines, *keys)
+            pipe.hdel(self.keyspace.values, *keys)
+            pipe.execute()
+
+    def claim(self, key: bytes) -> Claim | None:
+        """Claim an expiry Redis announced; None when it was claimed already."""
+        ks = self.keyspace
+        reply = self._claim(
+            keys=[ks.deadlines, ks.gone, ks.gone_deadlines, ks.values, ks.recent, key],
+            args=[self._keep_ms],
+        )
+        if not reply:
+            return None
+        source, deadline, value = _three(reply)
+        return Claim(key, Source(source.decode()), _ms(deadline), value)
+
+    def reconcile(self, found_until_ms: int, limit: int = defaults.SWEEP_LIMIT) -> Iterator[Claim]:
+        """Claim every key found gone up to `found_until_ms` whose expiry nobody announced."""
+        ks = self.keyspace
+        while True:
+            looked_at, claimed = self._reconcile(
+                keys=[ks.deadlines, ks.gone, ks.gone_deadlines, ks.values, ks.recent],
+                args=[found_until_ms, limit, self._keep_ms],
+            )
+            for entry in claimed:
+                key, deadline, value = _three(entry)
+                yield Claim(key, Source.RECOVERY, _ms(deadline), value)
+            if looked_at < limit:
+                return
+
+    def sweep(self, marker_prefix: str, limit: int = defaults.SWEEP_LIMIT) -> SweepResult:
+        """Look at every key whose deadline has passed (which makes Redis expire it now)."""
+        ks = self.keyspace
+        due, gone = self._sweep(
+            keys=[ks.deadlines, ks.gone, ks.gone_deadlines, ks.values],
+            args=[limit, ks.sweep_channel, marker_prefix],
+        )
+        return SweepResult(int(due), int(gone))
+
+    def scan(self, max_key_bytes: int, count: int = defaults.SCAN_COUNT) -> int:
+        """Record every key of the watched DB that has a TTL; the number recorded."""
+        recorded = 0
+        for batch in _batches(self.client.scan_iter(count=count), count):
+            keys = [k for k in batch if not self.keyspace.owns(k) and len(k) <= max_key_bytes]
+            recorded += self.record(keys)
+        return recorded
+
+
+def _three(reply: Sequence[Any]) -> tuple[Any, Any, Any]:
+    """A script's {a, b, c}: Redis drops a trailing nil from a Lua table."""
+    first, second, third = (*reply, None, None, None)[:3]
+    return first, second, third
+
+
+def _ms(raw: bytes | None) -> int | None:
+    return int(float(raw)) if raw else None
+
+
+def _batches(keys: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for key in keys:
+        batch.append(key)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

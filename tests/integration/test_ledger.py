@@ -1,0 +1,164 @@
+"""The ledger's scripts against a real redis-server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from expiryd.expiry import Source
+from expiryd.keyspace import Keyspace
+from expiryd.ledger import Ledger
+from tests.support.servers import RedisServer
+
+KEYSPACE = Keyspace("expiryd:", 15)
+
+
+@pytest.fixture
+def client(redis_db: RedisServer) -> Iterator[redis.Redis]:
+    with redis_db.client() as client:
+        yield client
+
+
+@pytest.fixture
+def ledger(client: redis.Redis) -> Ledger:
+    return Ledger(client, KEYSPACE, capture_values=True)
+
+
+def deadline_of(client: redis.Redis, key: str) -> float | None:
+    return client.zscore(KEYSPACE.deadlines, key)
+
+
+def now_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return seconds * 1000 + micros // 1000
+
+
+def test_record_keeps_the_deadline_and_the_value(client: redis.Redis, ledger: Ledger) -> None:
+    client.set("order:cancel:SN1", "v1", ex=100)
+    client.set("plain", "no ttl")
+    assert ledger.record([b"order:cancel:SN1", b"plain", b"missing"]) == 1
+    deadline = deadline_of(client, "order:cancel:SN1")
+    assert deadline is not None
+    assert abs(deadline - (now_ms(client) + 100_000)) < 1000
+    assert deadline_of(client, "plain") is None
+    assert client.hget(KEYSPACE.values, "order:cancel:SN1") == b"v1"
+
+
+def test_a_new_ttl_replaces_the_deadline_and_persist_removes_it(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    client.set("k", "v", ex=100)
+    ledger.record([b"k"])
+    client.expire("k", 500)
+    ledger.record([b"k"])
+    assert abs((deadline_of(client, "k") or 0) - (now_ms(client) + 500_000)) < 1000
+    client.persist("k")
+    ledger.record([b"k"])
+    assert deadline_of(client, "k") is None
+
+
+def test_forget_drops_deadline_and_value(client: redis.Redis, ledger: Ledger) -> None:
+    client.set("k", "v", ex=100)
+    ledger.record([b"k"])
+    ledger.forget([b"k"])
+    assert deadline_of(client, "k") is None
+    assert client.hget(KEYSPACE.values, "k") is None
+
+
+def test_an_expiry_is_claimed_once(client: redis.Redis, ledger: Ledger) -> None:
+    client.set("k", "v", px=100)
+    ledger.record([b"k"])
+    time.sleep(0.2)
+    assert client.exists("k") == 0
+    claim = ledger.claim(b"k")
+    assert claim is not None
+    assert claim.source is Source.EVENT
+    assert claim.value == b"v"
+    assert claim.deadline_ms is not None and claim.deadline_ms <= now_ms(client)
+    assert ledger.claim(b"k") is None
+
+
+def test_an_unknown_key_is_claimed_once_without_a_deadline(ledger: Ledger) -> None:
+    claim = ledger.claim(b"never-seen")
+    assert claim is not None
+    assert claim.deadline_ms is None and claim.value is None
+    assert ledger.claim(b"never-seen") is None
+
+
+def test_a_key_set_again_after_its_claim_is_tracked_afresh(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    assert ledger.claim(b"k") is not None
+    client.set("k", "v2", ex=100)
+    ledger.record([b"k"])
+    client.delete("k")
+    assert ledger.claim(b"k") is not None
+
+
+def test_sweep_expires_due_keys_and_publishes_a_marker_after_their_events(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    pubsub = client.pubsub()
+    pubsub.subscribe("__keyevent@15__:expired", KEYSPACE.sweep_channel)
+    client.set("due", "v", px=30)
+    client.set("later", "v", ex=100)
+    ledger.record([b"due", b"later"])
+    client.config_set("hz", 1)  # keep Redis's own expiry cycle out of the way
+    try:
+        time.sleep(0.1)
+        result = ledger.sweep("me:")
+    finally:
+        client.config_set("hz", 10)
+    assert (result.due, result.gone) == (1, 1)
+    messages = [pubsub.get_message(timeout=1) for _ in range(4)]
+    data = [m["data"] for m in messages if m and m["type"] == "message"]
+    assert data[0] == b"due"
+    assert data[1].startswith(b"me:")
+    assert client.zscore(KEYSPACE.gone, "due") is not None
+    assert deadline_of(client, "later") is not None
+    pubsub.close()
+
+
+def test_an_announced_key_found_gone_is_claimed_as_a_nudge(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    client.set("k", "v", px=30)
+    ledger.record([b"k"])
+    time.sleep(0.1)
+    ledger.sweep("me:")
+    claim = ledger.claim(b"k")
+    assert claim is not None and claim.source is Source.NUDGE
+    assert list(ledger.reconcile(now_ms(client))) == []
+
+
+def test_reconcile_recovers_keys_whose_expiry_nobody_claimed(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    for n in range(5):
+        client.set(f"k{n}", f"v{n}", px=30)
+    ledger.record([f"k{n}".encode() for n in range(5)])
+    time.sleep(0.1)
+    ledger.sweep("me:")
+    found_until = now_ms(client)
+    ledger.claim(b"k0")
+    client.set("k1", "back", ex=100)
+    recovered = {c.key: c for c in ledger.reconcile(found_until, limit=2)}
+    assert set(recovered) == {b"k2", b"k3", b"k4"}
+    assert all(c.source is Source.RECOVERY and c.deadline_ms for c in recovered.values())
+    assert recovered[b"k3"].value == b"v3"
+    assert ledger.claim(b"k3") is None
+    assert client.zcard(KEYSPACE.gone) == 0
+
+
+def test_scan_records_every_key_with_a_ttl(client: redis.Redis, ledger: Ledger) -> None:
+    with client.pipeline(transaction=False) as pipe:
+        for n in range(2500):
+            pipe.set(f"order:cancel:{n}", "v", ex=1000)
+        pipe.set("no-ttl", "v")
+        pipe.set("expiryd:own", "v", ex=1000)
+        pipe.execute()
+    assert ledger.scan(max_key_bytes=1024) == 2500
+    assert client.zcard(KEYSPACE.deadlines) == 2500
