@@ -15,8 +15,12 @@ REPO = Path(__file__).parents[2]
 StartDaemon = Callable[..., DaemonProcess]
 
 
-def write_config(path: Path, redis_url: str, database_url: str, body: str = ORDER_ROUTES) -> Path:
-    path.write_text(f'[redis]\nurl = "{redis_url}"\n\n[database]\nurl = "{database_url}"\n{body}')
+def write_config(
+    path: Path, redis_url: str, database_url: str, body: str = ORDER_ROUTES, redis: str = ""
+) -> Path:
+    path.write_text(
+        f'[redis]\nurl = "{redis_url}"\n{redis}\n[database]\nurl = "{database_url}"\n{body}'
+    )
     return path
 
 
@@ -26,10 +30,15 @@ def start_daemon(tmp_path: Path, redis_db: RedisServer) -> Iterator[StartDaemon]
     started: list[DaemonProcess] = []
 
     def start(
-        database_url: str, body: str = ORDER_ROUTES, *args: str, wait: bool = True, **options: str
+        database_url: str,
+        body: str = ORDER_ROUTES,
+        *args: str,
+        wait: bool = True,
+        redis: str = "",
+        env: dict[str, str] | None = None,
     ) -> DaemonProcess:
-        config = write_config(tmp_path / "expiryd.toml", redis_db.url(), database_url, body)
-        daemon = DaemonProcess(config, args, env={"PYTHONPATH": str(REPO), **options})
+        config = write_config(tmp_path / "expiryd.toml", redis_db.url(), database_url, body, redis)
+        daemon = DaemonProcess(config, args, env={"PYTHONPATH": str(REPO), **(env or {})})
         started.append(daemon)
         if wait:
             daemon.wait_subscribed()
