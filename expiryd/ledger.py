@@ -42,7 +42,7 @@ local recorded = 0
 for i = 4, #KEYS do
   local key = KEYS[i]
   local ttl = redis.call('PTTL', key)
-  if ttl > 0 then
+  if ttl >= 0 then
     redis.call('ZADD', KEYS[1], ms(now + ttl), key)
     redis.call('ZREM', KEYS[3], key)
     recorded = recorded + 1
@@ -116,8 +116,10 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms(now), 'WITHSCORES', 
 local moved = 0
 for i = 1, #due, 2 do
   local key = due[i]
+  -- A script sees the clock as it was when it started, so a key due by TIME may still
+  -- have 0 ms to live here: it is not gone, and the next sweep will find it so.
   local ttl = redis.call('PTTL', key)
-  if ttl > 0 then
+  if ttl >= 0 then
     redis.call('ZADD', KEYS[1], ms(now + ttl), key)
   elseif ttl == -1 then
     redis.call('ZREM', KEYS[1], key)
