@@ -38,8 +38,7 @@ class Dispatcher:
                 for payload in data:
                     self._reconcile(payload)
             elif kind is Kind.EXPIRED:
-                for key in data:
-                    self._expired(key)
+                self._expired(data)
             elif kind in RECORDS:
                 self.ledger.record([key for key in data if self._tracked(key)])
             elif kind in FORGETS:
@@ -48,17 +47,18 @@ class Dispatcher:
     def _tracked(self, key: bytes) -> bool:
         return not self.keyspace.owns(key) and len(key) <= self.max_key_bytes
 
-    def _expired(self, key: bytes) -> None:
-        if self.keyspace.owns(key):
-            return
-        if not self._tracked(key):
-            self.handle(key, None)  # too long to keep in the ledger; unrouted anyway
-            return
-        claim = self.ledger.claim(key)
-        if claim is None:
-            self._log.debug("expiry.duplicate", key=key.decode("utf-8", "backslashreplace"))
-            return
-        self.handle(key, claim)
+    def _expired(self, keys: list[bytes]) -> None:
+        tracked = [key for key in keys if self._tracked(key)]
+        claims = dict(zip(tracked, self.ledger.claim(tracked), strict=True))
+        for key in keys:
+            if self.keyspace.owns(key):
+                continue
+            if key not in claims:
+                self.handle(key, None)  # too long to keep in the ledger; unrouted anyway
+            elif claims[key] is None:
+                self._log.debug("expiry.duplicate", key=key.decode("utf-8", "backslashreplace"))
+            else:
+                self.handle(key, claims[key])
 
     def _reconcile(self, payload: bytes) -> None:
         """A marker of ours: every expiry announced before it has been claimed above."""

@@ -58,30 +58,38 @@ return recorded
 """
 )
 
-# KEYS: deadlines, gone, gone_deadlines, values, recent, key   ARGV: keep_ms
+# KEYS: deadlines, gone, gone_deadlines, values, recent, keys...   ARGV: keep_ms
 _CLAIM = (
     _NOW
     + """
-local key = KEYS[6]
-local source = 'event'
-local deadline = redis.call('ZSCORE', KEYS[1], key)
-if deadline then
-  redis.call('ZREM', KEYS[1], key)
-else
-  deadline = redis.call('HGET', KEYS[3], key)
+local claims = {}
+for i = 6, #KEYS do
+  local key = KEYS[i]
+  local source = 'event'
+  local deadline = redis.call('ZSCORE', KEYS[1], key)
   if deadline then
-    source = 'nudge'
-    redis.call('ZREM', KEYS[2], key)
-    redis.call('HDEL', KEYS[3], key)
-  elseif redis.call('ZSCORE', KEYS[5], key) then
-    return false
+    redis.call('ZREM', KEYS[1], key)
+  else
+    deadline = redis.call('HGET', KEYS[3], key)
+    if deadline then
+      source = 'nudge'
+      redis.call('ZREM', KEYS[2], key)
+      redis.call('HDEL', KEYS[3], key)
+    elseif redis.call('ZSCORE', KEYS[5], key) then
+      source = false
+    end
+  end
+  if source then
+    local value = redis.call('HGET', KEYS[4], key)
+    redis.call('HDEL', KEYS[4], key)
+    redis.call('ZADD', KEYS[5], ms(now), key)
+    claims[i - 5] = {source, deadline or '', value}
+  else
+    claims[i - 5] = false
   end
 end
-local value = redis.call('HGET', KEYS[4], key)
-redis.call('HDEL', KEYS[4], key)
-redis.call('ZADD', KEYS[5], ms(now), key)
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ms(now - tonumber(ARGV[1])))
-return {source, deadline or '', value}
+return claims
 """
 )
 
@@ -188,17 +196,17 @@ class Ledger:
             pipe.hdel(self.keyspace.values, *keys)
             pipe.execute()
 
-    def claim(self, key: bytes) -> Claim | None:
-        """Claim an expiry Redis announced; None when it was claimed already."""
+    def claim(self, keys: Sequence[bytes]) -> list[Claim | None]:
+        """Claim expiries Redis announced, in one round trip; None for each one that was
+        claimed already."""
+        if not keys:
+            return []
         ks = self.keyspace
-        reply = self._claim(
-            keys=[ks.deadlines, ks.gone, ks.gone_deadlines, ks.values, ks.recent, key],
+        replies = self._claim(
+            keys=[ks.deadlines, ks.gone, ks.gone_deadlines, ks.values, ks.recent, *keys],
             args=[self._keep_ms],
         )
-        if not reply:
-            return None
-        source, deadline, value = _three(reply)
-        return Claim(key, Source(source.decode()), _ms(deadline), value)
+        return [_claim(key, reply) for key, reply in zip(keys, replies, strict=True)]
 
     def reconcile(self, found_until_ms: int, limit: int = defaults.SWEEP_LIMIT) -> Iterator[Claim]:
         """Claim every key found gone up to `found_until_ms` whose expiry nobody announced."""
@@ -230,6 +238,13 @@ class Ledger:
             keys = [k for k in batch if not self.keyspace.owns(k) and len(k) <= max_key_bytes]
             recorded += self.record(keys)
         return recorded
+
+
+def _claim(key: bytes, reply: Sequence[Any] | None) -> Claim | None:
+    if not reply:
+        return None
+    source, deadline, value = _three(reply)
+    return Claim(key, Source(source.decode()), _ms(deadline), value)
 
 
 def _three(reply: Sequence[Any]) -> tuple[Any, Any, Any]:

@@ -73,29 +73,29 @@ def test_an_expiry_is_claimed_once(client: redis.Redis, ledger: Ledger) -> None:
     ledger.record([b"k"])
     time.sleep(0.2)
     assert client.exists("k") == 0
-    claim = ledger.claim(b"k")
+    claim = ledger.claim([b"k"])[0]
     assert claim is not None
     assert claim.source is Source.EVENT
     assert claim.value == b"v"
     assert claim.deadline_ms is not None and claim.deadline_ms <= now_ms(client)
-    assert ledger.claim(b"k") is None
+    assert ledger.claim([b"k"])[0] is None
 
 
 def test_an_unknown_key_is_claimed_once_without_a_deadline(ledger: Ledger) -> None:
-    claim = ledger.claim(b"never-seen")
+    claim = ledger.claim([b"never-seen"])[0]
     assert claim is not None
     assert claim.deadline_ms is None and claim.value is None
-    assert ledger.claim(b"never-seen") is None
+    assert ledger.claim([b"never-seen"])[0] is None
 
 
 def test_a_key_set_again_after_its_claim_is_tracked_afresh(
     client: redis.Redis, ledger: Ledger
 ) -> None:
-    assert ledger.claim(b"k") is not None
+    assert ledger.claim([b"k"])[0] is not None
     client.set("k", "v2", ex=100)
     ledger.record([b"k"])
     client.delete("k")
-    assert ledger.claim(b"k") is not None
+    assert ledger.claim([b"k"])[0] is not None
 
 
 def test_sweep_expires_due_keys_and_publishes_a_marker_after_their_events(
@@ -129,7 +129,7 @@ def test_an_announced_key_found_gone_is_claimed_as_a_nudge(
     ledger.record([b"k"])
     time.sleep(0.1)
     ledger.sweep("me:")
-    claim = ledger.claim(b"k")
+    claim = ledger.claim([b"k"])[0]
     assert claim is not None and claim.source is Source.NUDGE
     assert list(ledger.reconcile(now_ms(client))) == []
 
@@ -143,13 +143,13 @@ def test_reconcile_recovers_keys_whose_expiry_nobody_claimed(
     time.sleep(0.1)
     ledger.sweep("me:")
     found_until = now_ms(client)
-    ledger.claim(b"k0")
+    ledger.claim([b"k0"])
     client.set("k1", "back", ex=100)
     recovered = {c.key: c for c in ledger.reconcile(found_until, limit=2)}
     assert set(recovered) == {b"k2", b"k3", b"k4"}
     assert all(c.source is Source.RECOVERY and c.deadline_ms for c in recovered.values())
     assert recovered[b"k3"].value == b"v3"
-    assert ledger.claim(b"k3") is None
+    assert ledger.claim([b"k3"])[0] is None
     assert client.zcard(KEYSPACE.gone) == 0
 
 
@@ -162,3 +162,14 @@ def test_scan_records_every_key_with_a_ttl(client: redis.Redis, ledger: Ledger) 
         pipe.execute()
     assert ledger.scan(max_key_bytes=1024) == 2500
     assert client.zcard(KEYSPACE.deadlines) == 2500
+
+
+def test_claims_in_one_round_trip_keep_their_order_and_win_once(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    client.set("a", "va", px=20)
+    ledger.record([b"a"])
+    time.sleep(0.1)
+    claims = ledger.claim([b"a", b"b", b"a"])
+    assert [c.key if c else None for c in claims] == [b"a", b"b", None]
+    assert claims[0] is not None and claims[0].value == b"va"
