@@ -16,3 +16,18 @@ def backoff_delay(
     """
     ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
     return ceiling / 2 + rand() * ceiling / 2
+
+
+class Backoff:
+    """Counts failures in a row; `next_delay` grows with them, `reset` after a success."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base, self.cap = base, cap
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return backoff_delay(self.failures, self.base, self.cap)
+
+    def reset(self) -> None:
+        self.failures = 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from expiryd import defaults
-from expiryd.backoff import backoff_delay
+from expiryd.backoff import Backoff
 from expiryd.connections import CONNECTION_ERRORS, RedisTarget, ensure_notifications
 from expiryd.errors import ServiceError
 from expiryd.keyspace import Keyspace
@@ -75,7 +75,7 @@ class Listener:
         }
         self._kinds[keyspace.sweep_channel.encode()] = Kind.MARKER
         self._confirmed = 0
-        self._failures = 0
+        self._backoff = Backoff(defaults.RECONNECT_BASE_SECONDS, defaults.RECONNECT_CAP_SECONDS)
         self._log = get_logger(db=target.db)
 
     def run(self) -> None:
@@ -117,18 +117,14 @@ class Listener:
             if self._confirmed == len(self._kinds):
                 # The server's confirmation: from here on, no event is missed.
                 self.subscriptions += 1
-                self._failures = 0
+                self._backoff.reset()
                 self.subscribed.set()
                 self._log.info("listener.subscribed", resubscribe=self.subscriptions > 1)
                 self.on_subscribed()
 
     def _wait_after(self, event: str, error: str, exc_info: bool = False) -> None:
-        self._failures += 1
-        delay = backoff_delay(
-            self._failures, defaults.RECONNECT_BASE_SECONDS, defaults.RECONNECT_CAP_SECONDS
-        )
+        delay = self._backoff.next_delay()
         extra = {"exc_info": True} if exc_info else {}
-        self._log.warning(
-            event, error=error, attempt=self._failures, retry_in_s=round(delay, 2), **extra
-        )
+        attempt = self._backoff.failures
+        self._log.warning(event, error=error, attempt=attempt, retry_in_s=round(delay, 2), **extra)
         self.stop.wait(delay)

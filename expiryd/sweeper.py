@@ -7,7 +7,7 @@ import threading
 import time
 
 from expiryd import defaults
-from expiryd.backoff import backoff_delay
+from expiryd.backoff import Backoff
 from expiryd.connections import CONNECTION_ERRORS
 from expiryd.ledger import Ledger
 from expiryd.logs import describe_error, get_logger
@@ -28,7 +28,7 @@ class Sweeper:
         self.stop = stop
         self.max_key_bytes = max_key_bytes
         self._resync = threading.Event()
-        self._failures = 0
+        self._backoff = Backoff(defaults.RECONNECT_BASE_SECONDS, defaults.RECONNECT_CAP_SECONDS)
         self._log = get_logger()
 
     def request_resync(self) -> None:
@@ -42,7 +42,7 @@ class Sweeper:
                 continue
             try:
                 busy = self._step()
-                self._failures = 0
+                self._backoff.reset()
             except CONNECTION_ERRORS as exc:
                 self._back_off(describe_error(exc))
                 continue
@@ -69,9 +69,6 @@ class Sweeper:
         self._log.info("ledger.synced", keys_with_ttl=recorded, duration_ms=duration_ms)
 
     def _back_off(self, error: str) -> None:
-        self._failures += 1
-        delay = backoff_delay(
-            self._failures, defaults.RECONNECT_BASE_SECONDS, defaults.RECONNECT_CAP_SECONDS
-        )
+        delay = self._backoff.next_delay()
         self._log.warning("ledger.unavailable", error=error, retry_in_s=round(delay, 2))
         self.stop.wait(delay)

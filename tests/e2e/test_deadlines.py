@@ -12,19 +12,11 @@ from pathlib import Path
 import redis
 
 from tests.e2e.conftest import StartDaemon
-from tests.support.daemon import DaemonProcess, setex
+from tests.support.daemon import DaemonProcess, psetex_many, setex
 from tests.support.servers import RedisServer
 from tests.support.shop import create_orders, statuses
 
 LEDGER = "expiryd:deadlines"
-
-
-def set_many(client: redis.Redis, keys: list[str], ttl_ms: int | list[int]) -> None:
-    ttls = ttl_ms if isinstance(ttl_ms, list) else [ttl_ms] * len(keys)
-    with client.pipeline(transaction=False) as pipe:
-        for key, ttl in zip(keys, ttls, strict=True):
-            pipe.execute_command("PSETEX", key, ttl, "x")
-        pipe.execute()
 
 
 def wait_for_ledger(client: redis.Redis, count: int, timeout: float = 30) -> None:
@@ -62,7 +54,7 @@ def test_expiries_while_the_daemon_is_stopped_are_recovered_after_it_starts(
     create_orders(mysql_url, orders(1000))
     client = redis_db.client()
     daemon = start_daemon(mysql_url)
-    set_many(client, cancel_keys(1000), 2000)
+    psetex_many(client, cancel_keys(1000), 2000)
     wait_for_ledger(client, 1000)
     assert daemon.stop() == 0
     while client.dbsize() > 1:  # Redis expires them, announcing it to nobody
@@ -81,7 +73,7 @@ def test_a_pubsub_connection_killed_mid_burst_loses_nothing(
     create_orders(mysql_url, orders(2000))
     client = redis_db.client()
     daemon = start_daemon(mysql_url)
-    set_many(client, cancel_keys(2000), [1000 + n for n in range(2000)])  # over 2 s
+    psetex_many(client, cancel_keys(2000), [1000 + n for n in range(2000)])  # over 2 s
     daemon.wait_for(lambda: len(daemon.handled()) >= 300, 30, "the burst to start")
     assert client.client_kill_filter(_type="pubsub") == 1
 
@@ -97,7 +89,7 @@ def test_a_subscriber_dropped_for_its_output_buffer_loses_nothing(
     client = redis_db.client()
     body = '[[routes]]\npattern = "burst:{n}"\nhandler = "tests.support.hooks:accept"\n'
     daemon = start_daemon(sqlite_url, body)
-    set_many(client, keys, 3000)
+    psetex_many(client, keys, 3000)
     wait_for_ledger(client, len(keys))
     original = client.config_get("client-output-buffer-limit")["client-output-buffer-limit"]
     client.config_set("client-output-buffer-limit", "pubsub 4096 1024 1")
@@ -115,11 +107,11 @@ def test_orders_due_among_100k_other_keys_are_cancelled_within_seconds(
     mysql_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:
     client = redis_db.client()
-    set_many(client, [f"session:{n}" for n in range(100_000)], 3_600_000)
+    psetex_many(client, [f"session:{n}" for n in range(100_000)], 3_600_000)
     create_orders(mysql_url, orders(1000))
     daemon = start_daemon(mysql_url)
     daemon.wait_for_event("ledger.synced")
-    set_many(client, cancel_keys(1000), [2000 + 2 * n for n in range(1000)])
+    psetex_many(client, cancel_keys(1000), [2000 + 2 * n for n in range(1000)])
 
     lines = handled_once_each(daemon, cancel_keys(1000), timeout=60)
     assert set(statuses(mysql_url).values()) == {3}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, psetex_many
 from tests.support.servers import MariaDB, RedisServer
 from tests.support.shop import create_orders, statuses
 
@@ -53,20 +53,12 @@ def start_daemon(root: Path, redis_server: RedisServer, url: str) -> DaemonProce
     return daemon
 
 
-def set_keys(client: redis.Redis, keys: list[str], ttl_ms: int | list[int]) -> None:
-    ttls = ttl_ms if isinstance(ttl_ms, list) else [ttl_ms] * len(keys)
-    with client.pipeline(transaction=False) as pipe:
-        for key, ttl in zip(keys, ttls, strict=True):
-            pipe.execute_command("PSETEX", key, ttl, "x")
-        pipe.execute()
-
-
 def burst(count: int, root: Path, redis_server: RedisServer, mariadb: MariaDB) -> None:
     url = mariadb.create_database("bench")
     create_orders(url, {f"SN{n:08d}": 0 for n in range(count)})
     daemon = start_daemon(root, redis_server, url)
     due = time.time() + 2
-    set_keys(redis_server.client(), [f"order:cancel:SN{n:08d}" for n in range(count)], 2000)
+    psetex_many(redis_server.client(), [f"order:cancel:SN{n:08d}" for n in range(count)], 2000)
     daemon.wait_for_event("expiry.handled", count, timeout=600)
     daemon.stop()
     lines = daemon.handled()
@@ -81,7 +73,7 @@ def burst(count: int, root: Path, redis_server: RedisServer, mariadb: MariaDB) -
 
 def lateness(root: Path, redis_server: RedisServer, mariadb: MariaDB) -> None:
     client = redis_server.client()
-    set_keys(client, [f"session:{n}" for n in range(OTHER_KEYS)], 3_600_000)
+    psetex_many(client, [f"session:{n}" for n in range(OTHER_KEYS)], 3_600_000)
     for spread_ms in (0, 10_000):
         when = "at one moment" if not spread_ms else f"spread over {spread_ms // 1000} s"
         print(f"lateness: {DUE} orders due {when}, {OTHER_KEYS} other keys with a 1 h TTL")
@@ -90,7 +82,7 @@ def lateness(root: Path, redis_server: RedisServer, mariadb: MariaDB) -> None:
         url = mariadb.create_database(f"lateness{spread_ms}")
         create_orders(url, {f"SN{n:06d}": 0 for n in range(DUE)})
         daemon = start_daemon(root, redis_server, url)
-        set_keys(client, [f"order:cancel:SN{n:06d}" for n in range(DUE)], ttls)
+        psetex_many(client, [f"order:cancel:SN{n:06d}" for n in range(DUE)], ttls)
         daemon.wait_for_event("expiry.handled", DUE, timeout=120)
         daemon.stop()
         late = [line["lateness_ms"] / 1000 for line in daemon.handled()]
@@ -107,7 +99,7 @@ def bare_subscriber(client: redis.Redis, ttls: list[int], wait_s: float = 90) ->
     pubsub.subscribe("__keyevent@15__:expired")
     pubsub.get_message(timeout=1)
     set_at = time.time()
-    set_keys(client, [f"bare:{n}" for n in range(DUE)], ttls)
+    psetex_many(client, [f"bare:{n}" for n in range(DUE)], ttls)
     stop = set_at + max(ttls) / 1000 + wait_s
     while len(arrived) < DUE and time.time() < stop:
         message = pubsub.get_message(timeout=0.5)

@@ -23,6 +23,15 @@ def setex(client: redis.Redis, key: str | bytes, seconds: int, value: str = "x")
     client.execute_command("SETEX", key, seconds, value)
 
 
+def psetex_many(client: redis.Redis, keys: list[str], ttl_ms: int | list[int]) -> None:
+    """Many producers at once: PSETEX each key, pipelined."""
+    ttls = ttl_ms if isinstance(ttl_ms, list) else [ttl_ms] * len(keys)
+    with client.pipeline(transaction=False) as pipe:
+        for key, ttl in zip(keys, ttls, strict=True):
+            pipe.execute_command("PSETEX", key, ttl, "x")
+        pipe.execute()
+
+
 def expiryd_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "expiryd", *args]
 

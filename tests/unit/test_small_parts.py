@@ -74,3 +74,15 @@ def test_callable_return_values(returned: object, result: Result) -> None:
 def test_callable_returning_something_else_is_an_error() -> None:
     with pytest.raises(TypeError):
         to_result("done")
+
+
+def test_backoff_counts_failures_in_a_row_until_reset() -> None:
+    from expiryd.backoff import Backoff
+
+    backoff = Backoff(base=1, cap=8)
+    delays = [backoff.next_delay() for _ in range(6)]
+    assert backoff.failures == 6
+    assert all(0.5 <= d <= 8 for d in delays)
+    assert 4 <= delays[-1] <= 8
+    backoff.reset()
+    assert backoff.next_delay() <= 1
