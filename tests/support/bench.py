@@ -82,6 +82,9 @@ def lateness(root: Path, redis_server: RedisServer, mariadb: MariaDB) -> None:
         url = mariadb.create_database(f"lateness{spread_ms}")
         create_orders(url, {f"SN{n:06d}": 0 for n in range(DUE)})
         daemon = start_daemon(root, redis_server, url)
+        synced = daemon.events("ledger.synced")[0]
+        keys, took = synced["keys_with_ttl"], synced["duration_ms"]
+        print(f"  expiryd's start-up scan: {keys} keys with a TTL recorded in {took} ms")
         psetex_many(client, [f"order:cancel:SN{n:06d}" for n in range(DUE)], ttls)
         daemon.wait_for_event("expiry.handled", DUE, timeout=120)
         daemon.stop()
