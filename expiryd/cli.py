@@ -15,6 +15,10 @@ EXAMPLES = {
     "check": "expiryd check --config /etc/expiryd/expiryd.toml",
     "schedule": "expiryd schedule order:cancel:SN123 --in 30m",
     "init-db": "expiryd init-db --config expiryd.toml",
+    "dead": "expiryd dead list",
+    "list": "expiryd dead list --json | jq .error",
+    "replay": "expiryd dead replay order:cancel:SN123   (or: --all)",
+    "purge": "expiryd dead purge order:cancel:SN123   (or: --all)",
 }
 
 
@@ -95,6 +99,27 @@ def _config_option(default: object) -> argparse.ArgumentParser:
     return holder
 
 
+def _dead_letters(args: argparse.Namespace) -> int:
+    from expiryd import deadletters
+
+    settings = config.load(args.config)
+    with deadletters.open_queue(settings) as queue:
+        if args.dead_action == "list":
+            for line in deadletters.describe(queue.dead(), as_json=args.json):
+                print(line)
+            return 0
+        if not args.keys and not args.all:
+            raise UserError(f"dead {args.dead_action}: name one or more KEYs, or --all")
+        chosen = deadletters.select(queue.dead(), args.keys, args.all)
+        if args.dead_action == "replay":
+            count = queue.replay([job.id for job in chosen])
+            print(f"{count} dead letters queued again")
+        else:
+            count = queue.purge([job.id for job in chosen])
+            print(f"{count} dead letters removed")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="expiryd",
@@ -153,7 +178,32 @@ def _parser() -> argparse.ArgumentParser:
         common,
         "Create a sample orders table per [orders]; an existing table is left alone.",
     )
+    _add_dead_commands(commands, common)
     return parser
+
+
+def _add_dead_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    dead = _command(
+        commands,
+        "dead",
+        _dead_letters,
+        common,
+        "List, replay or purge the expiries whose handler failed for good.",
+    )
+    actions = dead.add_subparsers(
+        title="actions", metavar="ACTION", dest="dead_action", required=True
+    )
+    listing = _command(actions, "list", _dead_letters, common, "List the dead letters.")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    for action, summary in (
+        ("replay", "Queue dead letters again, after fixing what made them fail."),
+        ("purge", "Delete dead letters for good."),
+    ):
+        sub = _command(actions, action, _dead_letters, common, summary)
+        sub.add_argument("keys", nargs="*", metavar="KEY", help="the expired keys to act on")
+        sub.add_argument("--all", action="store_true", help="every dead letter")
 
 
 def _command(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import redis
 from expiryd import defaults
 from expiryd.errors import ConfigError
 from expiryd.logs import redact_url
+from expiryd.retries import RetryPolicy
 from expiryd.routes import Pattern, PatternError, Route
 
 ENV_REDIS_URL = "EXPIRYD_REDIS_URL"
@@ -69,6 +70,13 @@ class OrdersSettings:
 
 
 @dataclass(frozen=True)
+class WorkerSettings:
+    lease_seconds: int = defaults.LEASE_SECONDS
+    grace_seconds: int = defaults.GRACE_SECONDS
+    batch_size: int = defaults.BATCH_SIZE
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     """The file this came from, for error messages ("(defaults)" when there was none)."""
@@ -76,6 +84,9 @@ class Config:
     database: DatabaseSettings
     orders: OrdersSettings
     routes: tuple[Route, ...]
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    """The retry policy of routes that do not set their own."""
 
 
 def load(path: str | None = None, environ: Mapping[str, str] = os.environ) -> Config:
@@ -94,13 +105,16 @@ def load(path: str | None = None, environ: Mapping[str, str] = os.environ) -> Co
 
 def parse(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> Config:
     section = _Section(source, "", raw)
-    section.only("redis", "database", "orders", "routes")
+    section.only("redis", "database", "orders", "worker", "retry", "routes")
+    retry = _parse_retry(section.table("retry"), RetryPolicy())
     return Config(
         source=source,
         redis=_parse_redis(section.table("redis"), environ),
         database=_parse_database(section.table("database"), environ),
         orders=_parse_orders(section.table("orders")),
-        routes=_parse_routes(source, raw.get("routes", DEFAULT_ROUTES)),
+        routes=_parse_routes(source, raw.get("routes", DEFAULT_ROUTES), retry),
+        worker=_parse_worker(section.table("worker")),
+        retry=retry,
     )
 
 
@@ -189,6 +203,36 @@ def _parse_database(section: _Section, environ: Mapping[str, str]) -> DatabaseSe
     )
 
 
+def _parse_worker(section: _Section) -> WorkerSettings:
+    section.only("lease_seconds", "grace_seconds", "batch_size")
+    return WorkerSettings(
+        lease_seconds=_positive(section, "lease_seconds", defaults.LEASE_SECONDS),
+        grace_seconds=_positive(section, "grace_seconds", defaults.GRACE_SECONDS),
+        batch_size=_positive(section, "batch_size", defaults.BATCH_SIZE),
+    )
+
+
+def _parse_retry(section: _Section, base: RetryPolicy) -> RetryPolicy:
+    section.only("base_seconds", "cap_seconds", "attempts")
+    policy = RetryPolicy(
+        base_seconds=float(_positive(section, "base_seconds", base.base_seconds, (int, float))),
+        cap_seconds=float(_positive(section, "cap_seconds", base.cap_seconds, (int, float))),
+        attempts=_positive(section, "attempts", base.attempts),
+    )
+    if policy.cap_seconds < policy.base_seconds:
+        raise section.fail("cap_seconds", "must not be less than base_seconds")
+    return policy
+
+
+def _positive(
+    section: _Section, setting: str, default: Any, kind: type | tuple[type, ...] = int
+) -> Any:
+    value = section.get(setting, kind, default)
+    if value <= 0:
+        raise section.fail(setting, f"must be more than 0, not {value!r}")
+    return value
+
+
 def _parse_orders(section: _Section) -> OrdersSettings:
     section.only("table", "key_column", "status_column", "cancel", "complete")
     base = OrdersSettings()
@@ -221,10 +265,10 @@ def _status_change(section: _Section, setting: str, default: StatusChange) -> St
     return StatusChange(tuple(sources), target)
 
 
-def _parse_routes(source: str, raw: Any) -> tuple[Route, ...]:
+def _parse_routes(source: str, raw: Any, retry: RetryPolicy) -> tuple[Route, ...]:
     if not isinstance(raw, list | tuple) or not raw:
         raise ConfigError(f"{source}: [[routes]]: must be one or more [[routes]] tables")
-    routes = tuple(_parse_route(source, number, item) for number, item in enumerate(raw, 1))
+    routes = tuple(_parse_route(source, number, item, retry) for number, item in enumerate(raw, 1))
     names = [route.name for route in routes]
     for number, name in enumerate(names, 1):
         if names.index(name) != number - 1:
@@ -235,7 +279,7 @@ def _parse_routes(source: str, raw: Any) -> tuple[Route, ...]:
     return routes
 
 
-def _parse_route(source: str, number: int, raw: Any) -> Route:
+def _parse_route(source: str, number: int, raw: Any, retry: RetryPolicy) -> Route:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: [[routes]] #{number}: must be a table")
     section = _Section(source, f"[[routes]] #{number}", raw)
@@ -248,5 +292,7 @@ def _parse_route(source: str, number: int, raw: Any) -> Route:
     except PatternError as exc:
         raise section.fail("pattern", f"{pattern_text!r}: {exc}") from None
     name = section.get("name", str, pattern_text)
-    options = {k: v for k, v in raw.items() if k not in ("pattern", "handler", "name")}
-    return Route(name=name, pattern=pattern, handler=handler, options=options)
+    retry_table = section.get("retry", dict, {})
+    retry = _parse_retry(_Section(source, f"[[routes]] #{number} retry", retry_table), retry)
+    options = {k: v for k, v in raw.items() if k not in ("pattern", "handler", "name", "retry")}
+    return Route(name=name, pattern=pattern, handler=handler, options=options, retry=retry)

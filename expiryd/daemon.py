@@ -1,9 +1,12 @@
-"""`expiryd run`: three threads around one inbox.
+"""`expiryd run`: four threads, joined by an in-process inbox and a queue in Redis.
 
 - the listener reads keyevent notifications into the inbox, never waiting on anything
   else, so a slow database cannot make Redis drop it for falling behind;
-- the sweeper keeps the ledger up to date and nudges keys whose deadline has passed;
-- the main thread takes events from the inbox in order: ledger updates, claims, handlers.
+- the sweeper keeps the ledger up to date, nudges keys whose deadline has passed, and
+  hands out again jobs whose worker's lease lapsed;
+- the main thread takes events from the inbox in order: ledger updates, and claims that
+  queue each expiry as a durable job;
+- the worker leases jobs, runs their handlers and settles them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from expiryd.keyspace import Keyspace
 from expiryd.ledger import Ledger
 from expiryd.listener import Event, Listener
 from expiryd.logs import describe_error, get_logger, redact_url
+from expiryd.queue import JobQueue
 from expiryd.sweeper import Sweeper
 from expiryd.worker import Worker
 
@@ -38,26 +42,31 @@ class Daemon:
         self.target = RedisTarget.from_url(config.redis.url)
         keyspace = Keyspace(config.redis.prefix, self.target.db)
         self.engine = make_engine(config.database)
-        self.worker = Worker(
-            routes=config.routes,
-            handlers=build_handlers(config, self.engine),
-            prefix=config.redis.prefix.encode(),
-            max_key_bytes=config.redis.max_key_bytes,
-        )
+        handlers = build_handlers(config, self.engine)
         self.stop = threading.Event()
+        self.stop_taking = threading.Event()
         self.inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.redis = self.target.client()
         ledger = Ledger(self.redis, keyspace, config.redis.capture_values)
+        jobs = JobQueue(self.redis, keyspace)
         marker_prefix = f"{uuid.uuid4().hex}:"
         max_key_bytes = config.redis.max_key_bytes
+        self.worker = Worker(
+            jobs, config.routes, handlers, config.worker, max_key_bytes, self.stop_taking
+        )
         self.listener = Listener(
             self.target, keyspace, self.inbox.put, self._resubscribed, self.stop, configure_redis
         )
         self.sweeper = Sweeper(
-            ledger, marker_prefix, self.listener.subscribed, self.stop, max_key_bytes
+            ledger, jobs, marker_prefix, self.listener.subscribed, self.stop, max_key_bytes
         )
         self.dispatcher = Dispatcher(
-            ledger, keyspace, self.worker.handle, marker_prefix, max_key_bytes
+            ledger,
+            keyspace,
+            marker_prefix,
+            self.worker.reason_unqueued,
+            self.worker.report_unqueued,
+            self.worker.wake.set,
         )
         self._signal: str | None = None
         self._log = get_logger()
@@ -78,18 +87,25 @@ class Daemon:
             threading.Thread(target=self.listener.run, name="listener", daemon=True),
             threading.Thread(target=self.sweeper.run, name="sweeper", daemon=True),
         ]
-        for thread in threads:
+        worker = threading.Thread(target=self.worker.run, name="worker", daemon=True)
+        for thread in [*threads, worker]:
             thread.start()
         while not self.stop.is_set():
             self._process_next(timeout=0.5)
-        self._log.info("expiryd.stopping", signal=self._signal, in_hand=self.inbox.qsize())
+        self._log.info("expiryd.stopping", signal=self._signal, in_hand=self.worker.in_hand)
         for thread in threads:
             thread.join(timeout=10)
         while self._process_next(timeout=0):
             pass
+        self.stop_taking.set()
+        worker.join(timeout=self.config.worker.grace_seconds)
+        unfinished = self.worker.in_hand if worker.is_alive() else 0
         self.engine.dispose()
-        self.redis.close()
-        self._log.info("expiryd.stopped", **{o.value: n for o, n in self.worker.counts.items()})
+        self._log.info(
+            "expiryd.stopped",
+            unfinished=unfinished,
+            **{o.value: n for o, n in self.worker.counts.items()},
+        )
         return 0
 
     def _resubscribed(self) -> None:

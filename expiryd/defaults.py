@@ -67,3 +67,24 @@ ORDERS_COMPLETE_TO: int | str = 4
 
 ORDER_FIELD = "order_sn"
 """The route field that carries the order number for the order handlers."""
+
+RETRY_BASE_SECONDS = 1.0
+RETRY_CAP_SECONDS = 300.0
+RETRY_ATTEMPTS = 10
+"""A failure that may pass is tried again after about base * 2^(attempt-1) seconds (with
+jitter, at most cap), up to `attempts` attempts in all; then it is dead-lettered."""
+
+LEASE_SECONDS = 30
+"""A worker owns the jobs it took for this long; if it has not finished them by then (it
+died), they are handed out again."""
+
+GRACE_SECONDS = 30
+"""On SIGTERM, how long the jobs in hand may take before expiryd exits anyway, leaving
+them to be handed out again."""
+
+BATCH_SIZE = 100
+"""Jobs a worker takes at a time."""
+
+WORKER_POLL_SECONDS = 0.1
+"""How often an idle worker looks for jobs that nobody woke it for (retries that came due,
+jobs another daemon queued)."""

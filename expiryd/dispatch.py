@@ -1,4 +1,4 @@
-"""From Redis events to ledger updates and claimed expiries, in the order they came."""
+"""From Redis events to ledger updates and queued jobs, in the order the events came."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Callable, Sequence
 
 from expiryd.keyspace import Keyspace
-from expiryd.ledger import Claim, Ledger
+from expiryd.ledger import Ledger
 from expiryd.listener import Event, Kind
 from expiryd.logs import get_logger
 
@@ -19,15 +19,17 @@ class Dispatcher:
         self,
         ledger: Ledger,
         keyspace: Keyspace,
-        handle: Callable[[bytes, Claim | None], object],
         marker_prefix: str,
-        max_key_bytes: int,
+        unqueued_reason: Callable[[bytes], str | None],
+        report_unqueued: Callable[[bytes, str], None],
+        queued: Callable[[], None],
     ) -> None:
         self.ledger = ledger
         self.keyspace = keyspace
-        self.handle = handle
         self.marker_prefix = marker_prefix.encode()
-        self.max_key_bytes = max_key_bytes
+        self.unqueued_reason = unqueued_reason
+        self.report_unqueued = report_unqueued
+        self.queued = queued
         self._log = get_logger()
 
     def process(self, events: Sequence[Event]) -> None:
@@ -45,25 +47,26 @@ class Dispatcher:
                 self.ledger.forget([key for key in data if self._tracked(key)])
 
     def _tracked(self, key: bytes) -> bool:
-        return not self.keyspace.owns(key) and len(key) <= self.max_key_bytes
+        return not self.keyspace.owns(key) and self.unqueued_reason(key) is None
 
     def _expired(self, keys: list[bytes]) -> None:
-        tracked = [key for key in keys if self._tracked(key)]
-        claims = dict(zip(tracked, self.ledger.claim(tracked), strict=True))
+        tracked = []
         for key in keys:
-            if self.keyspace.owns(key):
-                continue
-            if key not in claims:
-                self.handle(key, None)  # too long to keep in the ledger; unrouted anyway
-            elif claims[key] is None:
+            reason = None if self.keyspace.owns(key) else self.unqueued_reason(key)
+            if reason:
+                self.report_unqueued(key, reason)
+            elif not self.keyspace.owns(key):
+                tracked.append(key)
+        jobs = self.ledger.claim(tracked)
+        for key, job in zip(tracked, jobs, strict=True):
+            if job is None:
                 self._log.debug("expiry.duplicate", key=key.decode("utf-8", "backslashreplace"))
-            else:
-                self.handle(key, claims[key])
+        if any(jobs):
+            self.queued()
 
     def _reconcile(self, payload: bytes) -> None:
         """A marker of ours: every expiry announced before it has been claimed above."""
         if not payload.startswith(self.marker_prefix):
             return
-        found_until_ms = int(payload[len(self.marker_prefix) :])
-        for claim in self.ledger.reconcile(found_until_ms):
-            self.handle(claim.key, claim)
+        if self.ledger.reconcile(int(payload[len(self.marker_prefix) :])):
+            self.queued()

@@ -33,3 +33,7 @@ class Expiry:
     fields: dict[str, str] = field(default_factory=dict)
     value: bytes | None = None
     deadline: datetime | None = None
+    id: str = ""
+    """Stable across attempts: the same expiry has the same id however often it is tried."""
+    attempt: int = 1
+    """1 the first time, 2 on the first retry, and so on."""

@@ -36,6 +36,34 @@ class Keyspace:
         return f"{self.prefix}recent"
 
     @property
+    def next_id(self) -> str:
+        """Counter: the id of the last job queued."""
+        return f"{self.prefix}jobs:next"
+
+    @property
+    def ready(self) -> str:
+        """ZSET: job id -> when it may run (ms); retries wait here with a later score."""
+        return f"{self.prefix}jobs:ready"
+
+    @property
+    def leases(self) -> str:
+        """ZSET: job id -> when the lease of the worker running it lapses (ms)."""
+        return f"{self.prefix}jobs:leases"
+
+    @property
+    def dead(self) -> str:
+        """ZSET: job id -> when it was dead-lettered (ms)."""
+        return f"{self.prefix}jobs:dead"
+
+    @property
+    def job_prefix(self) -> str:
+        """Each job is a HASH at this prefix plus its id."""
+        return f"{self.prefix}job:"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.job_prefix}{job_id}"
+
+    @property
     def sweep_channel(self) -> str:
         """Pub/sub channel of the sweep markers (see `ledger`)."""
         return f"{self.prefix}sweep@{self.db}"

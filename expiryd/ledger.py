@@ -10,33 +10,27 @@ How the pieces fit:
   passed. Reading an expired key makes Redis delete it and publish `expired` at once (the
   nudge). Keys found gone move to the `gone` set, and a marker is published on the
   sweep channel *after* any `expired` events the sweep caused, from inside the same script.
-- An `expired` event `claim`s its key: the first claim wins, so no expiry runs twice.
+- An `expired` event `claim`s its key: the first claim wins and, in the same script,
+  queues the expiry as a durable job (see `queue`), so no expiry is lost or queued twice.
 - When the listener receives a marker, every `expired` event published before it has
   already been received. So whatever is still in `gone` then (up to the marker's time)
-  was announced while nobody listened: `reconcile` claims it as recovered.
+  was announced while nobody listened: `reconcile` claims and queues it as recovered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
 from expiryd import defaults
-from expiryd.expiry import Source
 from expiryd.keyspace import Keyspace
-
-_NOW = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local function ms(n) return string.format('%.0f', n) end
-"""
+from expiryd.queue import ENQUEUE, NOW
 
 # KEYS: deadlines, values, recent, watched keys...   ARGV: capture ("1" or "0")
 _RECORD = (
-    _NOW
+    NOW
     + """
 local recorded = 0
 for i = 4, #KEYS do
@@ -58,12 +52,15 @@ return recorded
 """
 )
 
-# KEYS: deadlines, gone, gone_deadlines, values, recent, keys...   ARGV: keep_ms
+# KEYS: deadlines, gone, gone_deadlines, values, recent, next_id, ready, keys...
+# ARGV: keep_ms, job prefix
 _CLAIM = (
-    _NOW
+    NOW
+    + ENQUEUE
     + """
-local claims = {}
-for i = 6, #KEYS do
+local q = {next_id = KEYS[6], ready = KEYS[7], job_prefix = ARGV[2]}
+local jobs = {}
+for i = 8, #KEYS do
   local key = KEYS[i]
   local source = 'event'
   local deadline = redis.call('ZSCORE', KEYS[1], key)
@@ -83,22 +80,25 @@ for i = 6, #KEYS do
     local value = redis.call('HGET', KEYS[4], key)
     redis.call('HDEL', KEYS[4], key)
     redis.call('ZADD', KEYS[5], ms(now), key)
-    claims[i - 5] = {source, deadline or '', value}
+    jobs[i - 7] = enqueue(q, key, source, deadline, value)
   else
-    claims[i - 5] = false
+    jobs[i - 7] = false
   end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ms(now - tonumber(ARGV[1])))
-return claims
+return jobs
 """
 )
 
-# KEYS: deadlines, gone, gone_deadlines, values, recent   ARGV: found_until_ms, limit, keep_ms
+# KEYS: deadlines, gone, gone_deadlines, values, recent, next_id, ready
+# ARGV: found_until_ms, limit, keep_ms, job prefix
 _RECONCILE = (
-    _NOW
+    NOW
+    + ENQUEUE
     + """
+local q = {next_id = KEYS[6], ready = KEYS[7], job_prefix = ARGV[4]}
 local keys = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-local claimed = {}
+local recovered = 0
 for _, key in ipairs(keys) do
   local deadline = redis.call('HGET', KEYS[3], key)
   redis.call('ZREM', KEYS[2], key)
@@ -108,17 +108,18 @@ for _, key in ipairs(keys) do
     local value = redis.call('HGET', KEYS[4], key)
     redis.call('HDEL', KEYS[4], key)
     redis.call('ZADD', KEYS[5], ms(now), key)
-    table.insert(claimed, {key, deadline, value})
+    enqueue(q, key, 'recovery', deadline, value)
+    recovered = recovered + 1
   end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ms(now - tonumber(ARGV[3])))
-return {#keys, claimed}
+return {#keys, recovered}
 """
 )
 
 # KEYS: deadlines, gone, gone_deadlines, values   ARGV: limit, channel, marker prefix
 _SWEEP = (
-    _NOW
+    NOW
     + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms(now), 'WITHSCORES', 'LIMIT', 0, ARGV[1])
 local moved = 0
@@ -148,16 +149,6 @@ return {#due / 2, moved}
 
 
 @dataclass(frozen=True)
-class Claim:
-    """The right, won once per expiry, to run its handler."""
-
-    key: bytes
-    source: Source
-    deadline_ms: int | None = None
-    value: bytes | None = None
-
-
-@dataclass(frozen=True)
 class SweepResult:
     due: int
     gone: int
@@ -175,6 +166,10 @@ class Ledger:
         self.keyspace = keyspace
         self.capture_values = capture_values
         self._keep_ms = recent_seconds * 1000
+        ks = keyspace
+        self._claim_keys = [
+            ks.deadlines, ks.gone, ks.gone_deadlines, ks.values, ks.recent, ks.next_id, ks.ready,
+        ]  # fmt: skip
         self._record = client.register_script(_RECORD)
         self._claim = client.register_script(_CLAIM)
         self._reconcile = client.register_script(_RECONCILE)
@@ -196,31 +191,27 @@ class Ledger:
             pipe.hdel(self.keyspace.values, *keys)
             pipe.execute()
 
-    def claim(self, keys: Sequence[bytes]) -> list[Claim | None]:
-        """Claim expiries Redis announced, in one round trip; None for each one that was
-        claimed already."""
+    def claim(self, keys: Sequence[bytes]) -> list[str | None]:
+        """Claim expiries Redis announced and queue each as a job, in one round trip: the
+        job ids, with None for each expiry that was claimed already."""
         if not keys:
             return []
         ks = self.keyspace
-        replies = self._claim(
-            keys=[ks.deadlines, ks.gone, ks.gone_deadlines, ks.values, ks.recent, *keys],
-            args=[self._keep_ms],
-        )
-        return [_claim(key, reply) for key, reply in zip(keys, replies, strict=True)]
+        replies = self._claim(keys=[*self._claim_keys, *keys], args=[self._keep_ms, ks.job_prefix])
+        return [reply.decode() if reply else None for reply in replies]
 
-    def reconcile(self, found_until_ms: int, limit: int = defaults.SWEEP_LIMIT) -> Iterator[Claim]:
-        """Claim every key found gone up to `found_until_ms` whose expiry nobody announced."""
-        ks = self.keyspace
+    def reconcile(self, found_until_ms: int, limit: int = defaults.SWEEP_LIMIT) -> int:
+        """Claim and queue every key found gone up to `found_until_ms` whose expiry nobody
+        announced; the number recovered."""
+        recovered = 0
         while True:
-            looked_at, claimed = self._reconcile(
-                keys=[ks.deadlines, ks.gone, ks.gone_deadlines, ks.values, ks.recent],
-                args=[found_until_ms, limit, self._keep_ms],
+            looked_at, queued = self._reconcile(
+                keys=self._claim_keys,
+                args=[found_until_ms, limit, self._keep_ms, self.keyspace.job_prefix],
             )
-            for entry in claimed:
-                key, deadline, value = _three(entry)
-                yield Claim(key, Source.RECOVERY, _ms(deadline), value)
+            recovered += int(queued)
             if looked_at < limit:
-                return
+                return recovered
 
     def sweep(self, marker_prefix: str, limit: int = defaults.SWEEP_LIMIT) -> SweepResult:
         """Look at every key whose deadline has passed (which makes Redis expire it now)."""
@@ -238,23 +229,6 @@ class Ledger:
             keys = [k for k in batch if not self.keyspace.owns(k) and len(k) <= max_key_bytes]
             recorded += self.record(keys)
         return recorded
-
-
-def _claim(key: bytes, reply: Sequence[Any] | None) -> Claim | None:
-    if not reply:
-        return None
-    source, deadline, value = _three(reply)
-    return Claim(key, Source(source.decode()), _ms(deadline), value)
-
-
-def _three(reply: Sequence[Any]) -> tuple[Any, Any, Any]:
-    """A script's {a, b, c}: Redis drops a trailing nil from a Lua table."""
-    first, second, third = (*reply, None, None, None)[:3]
-    return first, second, third
-
-
-def _ms(raw: bytes | None) -> int | None:
-    return int(float(raw)) if raw else None
 
 
 def _batches(keys: Iterable[bytes], size: int) -> Iterator[list[bytes]]:

@@ -13,8 +13,10 @@ class Outcome(enum.StrEnum):
     """The handler ran and found nothing to change (e.g. the order was paid meanwhile)."""
     UNROUTED = "unrouted"
     """No route matched the key; nothing ran."""
-    FAILED = "failed"
-    """The handler raised; the error is in the log line."""
+    RETRY = "retry"
+    """The handler failed in a way that may pass; it runs again after a backoff."""
+    DEAD = "dead"
+    """The handler failed for good, or ran out of attempts; the expiry is dead-lettered."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from expiryd.retries import RetryPolicy
+
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -96,6 +98,8 @@ class Route:
     pattern: Pattern
     handler: str
     options: dict[str, Any] = field(default_factory=dict, compare=False)
+    """The handler's own settings, e.g. `sql`."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The clock: brings the ledger up to date after every (re)subscribe, then nudges each
-key whose deadline has passed, so expiries run on time whatever Redis's sampling does."""
+key whose deadline has passed, so expiries run on time whatever Redis's sampling does,
+and hands out again the jobs of workers whose lease lapsed."""
 
 from __future__ import annotations
 
@@ -11,18 +12,21 @@ from expiryd.backoff import Backoff
 from expiryd.connections import CONNECTION_ERRORS
 from expiryd.ledger import Ledger
 from expiryd.logs import describe_error, get_logger
+from expiryd.queue import JobQueue
 
 
 class Sweeper:
     def __init__(
         self,
         ledger: Ledger,
+        queue: JobQueue,
         marker_prefix: str,
         subscribed: threading.Event,
         stop: threading.Event,
         max_key_bytes: int,
     ) -> None:
         self.ledger = ledger
+        self.queue = queue
         self.marker_prefix = marker_prefix
         self.subscribed = subscribed
         self.stop = stop
@@ -56,6 +60,9 @@ class Sweeper:
             self._resync.clear()
             self._scan()
         result = self.ledger.sweep(self.marker_prefix)
+        requeued = self.queue.requeue_lapsed()
+        if requeued:
+            self._log.warning("jobs.requeued", jobs=requeued, reason="lease lapsed")
         return result.due >= defaults.SWEEP_LIMIT
 
     def _scan(self) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
 import pytest
 
 from tests.e2e.conftest import StartDaemon
-from tests.support.daemon import DaemonProcess, setex
+from tests.support.daemon import DaemonProcess, run_cli, setex
 from tests.support.servers import MariaDB, RedisServer
 from tests.support.shop import ORDER_ROUTES, SEED_ORDERS, create_orders, execute, statuses
 
@@ -158,12 +159,13 @@ def test_keys_of_other_shapes_are_unrouted_and_the_daemon_keeps_going(
     assert not any(line["key"].startswith("expiryd:") for line in lines)
 
 
-def test_a_failing_handler_is_logged_and_the_daemon_keeps_going(
+def test_a_failing_handler_is_retried_then_dead_lettered_and_the_daemon_keeps_going(
     mysql_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:
     create_orders(mysql_url, {"SN1": 0})
     body = (
         '[[routes]]\npattern = "boom:{x}"\nhandler = "tests.support.hooks:explode"\n'
+        "retry = { attempts = 2, base_seconds = 0.2 }\n"
         '[[routes]]\npattern = "order:cancel:{order_sn}"\nhandler = "orders.cancel"\n'
     )
     daemon = start_daemon(mysql_url, body)
@@ -172,11 +174,18 @@ def test_a_failing_handler_is_logged_and_the_daemon_keeps_going(
     time.sleep(0.2)
     setex(client, "order:cancel:SN1", 1, "x")
 
-    lines = handled_by_key(daemon, 2)
-    assert lines["boom:1"]["outcome"] == "failed"
-    assert lines["boom:1"]["level"] == "error"
-    assert lines["boom:1"]["error"] == "RuntimeError: boom for {'x': '1'}"
-    assert lines["order:cancel:SN1"]["outcome"] == "applied"
+    lines = daemon.wait_for_event("expiry.handled", 3)
+    boom = [line for line in lines if line["key"] == "boom:1"]
+    assert [(b["outcome"], b["attempt"], b["level"]) for b in boom] == [
+        ("retry", 1, "warning"),
+        ("dead", 2, "error"),
+    ]
+    assert boom[0]["error"] == "RuntimeError: boom for {'x': '1'}"
+    assert 0.1 <= boom[0]["retry_in_s"] <= 0.2
+    assert boom[0]["expiry_id"] == boom[1]["expiry_id"]
+    assert [line["outcome"] for line in lines if line["key"] == "order:cancel:SN1"] == ["applied"]
+    listed = run_cli("dead", "list", "--json", "--config", str(daemon.config))
+    assert json.loads(listed.stdout)["key"] == "boom:1"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

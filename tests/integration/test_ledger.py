@@ -11,6 +11,7 @@ import redis
 from expiryd.expiry import Source
 from expiryd.keyspace import Keyspace
 from expiryd.ledger import Ledger
+from expiryd.queue import Job
 from tests.support.servers import RedisServer
 
 KEYSPACE = Keyspace("expiryd:", 15)
@@ -68,23 +69,33 @@ def test_forget_drops_deadline_and_value(client: redis.Redis, ledger: Ledger) ->
     assert client.hget(KEYSPACE.values, "k") is None
 
 
-def test_an_expiry_is_claimed_once(client: redis.Redis, ledger: Ledger) -> None:
+def job(client: redis.Redis, job_id: str | None) -> Job:
+    assert job_id is not None
+    return Job.from_hash(job_id, client.hgetall(KEYSPACE.job(job_id)))
+
+
+def test_an_expiry_is_claimed_once_and_queued_with_its_value(
+    client: redis.Redis, ledger: Ledger
+) -> None:
     client.set("k", "v", px=100)
     ledger.record([b"k"])
     time.sleep(0.2)
     assert client.exists("k") == 0
-    claim = ledger.claim([b"k"])[0]
-    assert claim is not None
-    assert claim.source is Source.EVENT
-    assert claim.value == b"v"
-    assert claim.deadline_ms is not None and claim.deadline_ms <= now_ms(client)
+    queued = job(client, ledger.claim([b"k"])[0])
+    assert queued.key == b"k"
+    assert queued.source is Source.EVENT
+    assert queued.value == b"v"
+    assert queued.deadline_ms is not None and queued.deadline_ms <= now_ms(client)
+    assert client.zscore(KEYSPACE.ready, queued.id) is not None
+    assert client.hget(KEYSPACE.values, "k") is None
     assert ledger.claim([b"k"])[0] is None
 
 
-def test_an_unknown_key_is_claimed_once_without_a_deadline(ledger: Ledger) -> None:
-    claim = ledger.claim([b"never-seen"])[0]
-    assert claim is not None
-    assert claim.deadline_ms is None and claim.value is None
+def test_an_unknown_key_is_claimed_once_without_a_deadline(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    queued = job(client, ledger.claim([b"never-seen"])[0])
+    assert queued.deadline_ms is None and queued.value is None
     assert ledger.claim([b"never-seen"])[0] is None
 
 
@@ -129,9 +140,8 @@ def test_an_announced_key_found_gone_is_claimed_as_a_nudge(
     ledger.record([b"k"])
     time.sleep(0.1)
     ledger.sweep("me:")
-    claim = ledger.claim([b"k"])[0]
-    assert claim is not None and claim.source is Source.NUDGE
-    assert list(ledger.reconcile(now_ms(client))) == []
+    assert job(client, ledger.claim([b"k"])[0]).source is Source.NUDGE
+    assert ledger.reconcile(now_ms(client)) == 0
 
 
 def test_reconcile_recovers_keys_whose_expiry_nobody_claimed(
@@ -145,9 +155,11 @@ def test_reconcile_recovers_keys_whose_expiry_nobody_claimed(
     found_until = now_ms(client)
     ledger.claim([b"k0"])
     client.set("k1", "back", ex=100)
-    recovered = {c.key: c for c in ledger.reconcile(found_until, limit=2)}
+    assert ledger.reconcile(found_until, limit=2) == 3
+    ready = [job(client, i.decode()) for i in client.zrange(KEYSPACE.ready, 0, -1)]
+    recovered = {j.key: j for j in ready if j.source is Source.RECOVERY}
     assert set(recovered) == {b"k2", b"k3", b"k4"}
-    assert all(c.source is Source.RECOVERY and c.deadline_ms for c in recovered.values())
+    assert all(j.deadline_ms for j in recovered.values())
     assert recovered[b"k3"].value == b"v3"
     assert ledger.claim([b"k3"])[0] is None
     assert client.zcard(KEYSPACE.gone) == 0
@@ -170,6 +182,7 @@ def test_claims_in_one_round_trip_keep_their_order_and_win_once(
     client.set("a", "va", px=20)
     ledger.record([b"a"])
     time.sleep(0.1)
-    claims = ledger.claim([b"a", b"b", b"a"])
-    assert [c.key if c else None for c in claims] == [b"a", b"b", None]
-    assert claims[0] is not None and claims[0].value == b"va"
+    first, second, again = ledger.claim([b"a", b"b", b"a"])
+    assert again is None
+    assert (job(client, first).key, job(client, second).key) == (b"a", b"b")
+    assert job(client, first).value == b"va"

@@ -1,0 +1,80 @@
+"""What to do when a handler fails: try again later, or give up and dead-letter it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from sqlalchemy import exc as sa
+
+from expiryd import defaults
+from expiryd.backoff import backoff_delay
+
+
+class Retry(Exception):
+    """Raise from a custom handler for a failure that may pass: the expiry is tried again."""
+
+
+class Permanent(Exception):
+    """Raise from a custom handler for a failure that will not pass: it is dead-lettered."""
+
+
+class Verdict(enum.Enum):
+    RETRY = "retry"
+    DEAD = "dead"
+
+
+# MySQL and MariaDB errors that a later attempt can get past.
+TRANSIENT_MYSQL_ERRORS = frozenset(
+    {
+        1040,  # too many connections
+        1053,  # server shutdown in progress
+        1205,  # lock wait timeout
+        1213,  # deadlock
+        1317,  # query interrupted
+        1927,  # connection killed
+        2002,  # can't connect through socket
+        2003,  # can't connect
+        2006,  # server has gone away
+        2013,  # lost connection during query
+        2055,  # lost connection at reading
+    }
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_seconds: float = defaults.RETRY_BASE_SECONDS
+    cap_seconds: float = defaults.RETRY_CAP_SECONDS
+    attempts: int = defaults.RETRY_ATTEMPTS
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before attempt `attempt + 1`."""
+        return backoff_delay(attempt, self.base_seconds, self.cap_seconds)
+
+
+def classify(error: BaseException) -> Verdict:
+    """Whether a failure may pass. Unknown errors are retried: a retry costs little, a
+    dead letter needs a person."""
+    if isinstance(error, Permanent):
+        return Verdict.DEAD
+    if isinstance(error, Retry | ConnectionError | TimeoutError):
+        return Verdict.RETRY
+    if isinstance(error, sa.DBAPIError):
+        return _classify_database_error(error)
+    if isinstance(error, sa.DisconnectionError | sa.TimeoutError):
+        return Verdict.RETRY
+    if isinstance(error, sa.SQLAlchemyError | LookupError | TypeError | ValueError):
+        return Verdict.DEAD
+    return Verdict.RETRY
+
+
+def _classify_database_error(error: sa.DBAPIError) -> Verdict:
+    if error.connection_invalidated:
+        return Verdict.RETRY
+    code = error.orig.args[0] if error.orig is not None and error.orig.args else None
+    if isinstance(code, int):
+        return Verdict.RETRY if code in TRANSIENT_MYSQL_ERRORS else Verdict.DEAD
+    if isinstance(error, sa.OperationalError):  # e.g. SQLite's "database is locked"
+        return Verdict.RETRY
+    return Verdict.DEAD
