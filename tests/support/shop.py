@@ -86,3 +86,27 @@ def execute(url: str, sql: str) -> None:
     with engine.begin() as connection:
         connection.execute(text(sql))
     engine.dispose()
+
+
+def add_audit(url: str) -> None:
+    """One audit row per order whose status really changed: "exactly once" read from MySQL."""
+    execute(
+        url,
+        "CREATE TABLE order_audit (id INTEGER AUTO_INCREMENT PRIMARY KEY,"
+        " order_sn VARCHAR(64) NOT NULL, old_status INTEGER, new_status INTEGER)",
+    )
+    execute(
+        url,
+        """CREATE TRIGGER orders_audit AFTER UPDATE ON orders FOR EACH ROW
+        BEGIN
+          IF NOT (OLD.status <=> NEW.status) THEN
+            INSERT INTO order_audit (order_sn, old_status, new_status)
+            VALUES (NEW.order_sn, OLD.status, NEW.status);
+          END IF;
+        END""",
+    )
+
+
+def audit(url: str) -> list[str]:
+    """The order numbers of every status change, one entry per change."""
+    return [str(row[0]) for row in rows(url, "SELECT order_sn FROM order_audit")]

@@ -1,0 +1,180 @@
+"""Durable work: crashes, outages, dead letters, several daemons, bad input. Daemons run
+as subprocesses against real redis-server and MariaDB; an UPDATE trigger writes one
+audit row per changed order, so "exactly once" is read from the database."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from tests.e2e.conftest import StartDaemon
+from tests.support.daemon import DaemonProcess, psetex_many, run_cli, setex
+from tests.support.servers import MariaDB, RedisServer
+from tests.support.shop import ORDER_ROUTES, add_audit, audit, create_orders, statuses
+
+FAST = "[worker]\nlease_seconds = 3\ngrace_seconds = 10\n[retry]\nbase_seconds = 0.5\n"
+
+
+def shop(url: str, count: int) -> list[str]:
+    numbers = [f"SN{n:06d}" for n in range(count)]
+    create_orders(url, dict.fromkeys(numbers, 0))
+    add_audit(url)
+    return numbers
+
+
+def cancel(client: object, numbers: list[str], ttl_ms: int = 2000) -> None:
+    psetex_many(client, [f"order:cancel:{n}" for n in numbers], ttl_ms)  # type: ignore[arg-type]
+
+
+def wait_for_audit(url: str, count: int, timeout: float = 120) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while len(changed := audit(url)) < count:
+        assert time.monotonic() < deadline, f"{len(changed)} of {count} orders changed"
+        time.sleep(0.25)
+    time.sleep(1)  # anything handled twice would show up now
+    return audit(url)
+
+
+def assert_exactly_once(url: str, numbers: list[str]) -> None:
+    changed = wait_for_audit(url, len(numbers))
+    twice = [n for n, times in Counter(changed).items() if times > 1]
+    assert twice == [], f"changed more than once: {twice[:5]}"
+    assert sorted(changed) == sorted(numbers)
+    assert set(statuses(url).values()) == {3}
+
+
+def applied(daemon: DaemonProcess) -> int:
+    return sum(1 for line in daemon.handled() if line["outcome"] == "applied")
+
+
+def test_kill_9_in_the_middle_of_10000_expiries_then_restart(
+    mysql_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    numbers = shop(mysql_url, 10_000)
+    daemon = start_daemon(mysql_url, FAST + ORDER_ROUTES)
+    cancel(redis_db.client(), numbers)
+    daemon.wait_for(lambda: applied(daemon) >= 2000, 60, "2000 applied")
+    daemon.stop(signal.SIGKILL)
+
+    restarted = start_daemon(mysql_url, FAST + ORDER_ROUTES)
+    assert_exactly_once(mysql_url, numbers)
+    assert not any(line["outcome"] == "dead" for line in restarted.handled())
+
+
+def test_mariadb_down_for_10s_during_a_burst_is_ridden_out_by_retries(
+    mariadb: MariaDB, mysql_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    numbers = shop(mysql_url, 2000)
+    daemon = start_daemon(mysql_url, FAST + ORDER_ROUTES)
+    cancel(redis_db.client(), numbers)
+    daemon.wait_for(lambda: applied(daemon) >= 300, 60, "300 applied")
+    mariadb.stop()
+    time.sleep(10)
+    mariadb.start()
+
+    assert_exactly_once(mysql_url, numbers)
+    outcomes = Counter(line["outcome"] for line in daemon.handled())
+    assert outcomes["retry"] > 0
+    assert outcomes["dead"] == 0
+    retry = next(line for line in daemon.handled() if line["outcome"] == "retry")
+    assert "2003" in retry["error"] or "2013" in retry["error"] or "2006" in retry["error"]
+
+
+def test_a_missing_column_is_dead_lettered_then_replayed_after_the_fix(
+    mysql_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    numbers = shop(mysql_url, 4)
+    bad = '[[routes]]\npattern = "order:close:{order_sn}"\nhandler = "sql"\nsql = "UPDATE orders SET state = 3 WHERE order_sn = :order_sn"\n'  # noqa: E501
+    good = bad.replace("SET state", "SET status")
+    daemon = start_daemon(mysql_url, FAST + bad + ORDER_ROUTES)
+    client = redis_db.client()
+    for number in numbers[:2]:
+        setex(client, f"order:close:{number}", 1)
+    setex(client, f"order:cancel:{numbers[2]}", 1)
+
+    lines = daemon.wait_for_event("expiry.handled", 3)
+    dead = [line for line in lines if line["outcome"] == "dead"]
+    assert len(dead) == 2 and all("Unknown column 'state'" in line["error"] for line in dead)
+    assert all(line["attempt"] == 1 for line in dead)
+    assert statuses(mysql_url)[numbers[2]] == 3
+    listed = run_cli("dead", "list", "--config", str(daemon.config))
+    assert listed.stdout.count("Unknown column 'state'") == 2
+    daemon.stop()
+
+    fixed = start_daemon(mysql_url, FAST + good + ORDER_ROUTES)
+    replay = run_cli("dead", "replay", "--all", "--config", str(fixed.config))
+    assert replay.stdout.strip() == "2 dead letters queued again"
+    fixed.wait_for_event("expiry.handled", 2)
+    assert sorted(audit(mysql_url)) == numbers[:3]
+    assert run_cli("dead", "list", "--config", str(fixed.config)).stdout == ""
+
+
+@pytest.mark.parametrize("kill_one", [False, True])
+def test_two_daemons_share_10000_expiries_each_applied_once(
+    mysql_url: str, redis_db: RedisServer, start_daemon: StartDaemon, kill_one: bool
+) -> None:
+    numbers = shop(mysql_url, 10_000)
+    first = start_daemon(mysql_url, FAST + ORDER_ROUTES)
+    second = start_daemon(mysql_url, FAST + ORDER_ROUTES)
+    cancel(redis_db.client(), numbers)
+    if kill_one:
+        first.wait_for(lambda: applied(first) + applied(second) >= 5000, 60, "half applied")
+        first.stop(signal.SIGKILL)
+
+    assert_exactly_once(mysql_url, numbers)
+    assert applied(first) > 0 and applied(second) > 0
+
+
+def test_sigterm_in_a_burst_exits_0_within_the_grace_and_loses_nothing(
+    mysql_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    numbers = shop(mysql_url, 5000)
+    daemon = start_daemon(mysql_url, FAST + ORDER_ROUTES)
+    cancel(redis_db.client(), numbers)
+    daemon.wait_for(lambda: applied(daemon) >= 1000, 60, "1000 applied")
+    asked = time.monotonic()
+    assert daemon.stop(signal.SIGTERM, timeout=10) == 0
+    assert time.monotonic() - asked < 10
+    assert daemon.events("expiryd.stopped")[0]["unfinished"] == 0
+
+    start_daemon(mysql_url, FAST + ORDER_ROUTES)
+    assert_exactly_once(mysql_url, numbers)
+
+
+def test_bad_input_of_every_kind_in_one_run_and_valid_keys_still_work(
+    mysql_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    numbers = shop(mysql_url, 2)
+    body = (
+        FAST
+        + '[[routes]]\npattern = "boom:{x}"\nhandler = "tests.support.hooks:explode"\n'
+        + "retry = { attempts = 1 }\n"
+        + '[[routes]]\npattern = "broken:{order_sn}"\nhandler = "sql"\n'
+        + 'sql = "UPDATE nowhere SET a = 1 WHERE b = :order_sn"\n'
+        + ORDER_ROUTES
+    )
+    daemon = start_daemon(mysql_url, body)
+    client = redis_db.client()
+    bad_keys: list[bytes] = [
+        b"order:cancel:",
+        b"order:\xff\xfe:\x00",
+        b"k" * 1_048_576,
+        b"no route here",
+        b"boom:1",
+        b"broken:SN000000",
+        b"order:cancel:" + "订单🙂".encode(),
+    ]
+    for key in bad_keys:
+        client.execute_command("SETEX", key, 1, "x")
+    time.sleep(1.5)
+    setex(client, f"order:cancel:{numbers[0]}", 1)
+
+    lines = daemon.wait_for_event("expiry.handled", len(bad_keys) + 1, timeout=30)
+    outcomes = Counter(line["outcome"] for line in lines)
+    assert outcomes == {"unrouted": 4, "dead": 2, "skipped": 1, "applied": 1}
+    assert lines[-1]["key"] == f"order:cancel:{numbers[0]}"
+    assert audit(mysql_url) == [numbers[0]]
+    assert daemon.process.poll() is None

@@ -1,0 +1,96 @@
+"""The job queue's scripts against a real redis-server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from expiryd.keyspace import Keyspace
+from expiryd.ledger import Ledger
+from expiryd.queue import JobQueue, Settlement
+from tests.support.servers import RedisServer
+
+KEYSPACE = Keyspace("expiryd:", 15)
+
+
+@pytest.fixture
+def client(redis_db: RedisServer) -> Iterator[redis.Redis]:
+    with redis_db.client() as client:
+        yield client
+
+
+@pytest.fixture
+def queue(client: redis.Redis) -> JobQueue:
+    return JobQueue(client, KEYSPACE)
+
+
+def enqueue(client: redis.Redis, *keys: bytes) -> list[str]:
+    ids = Ledger(client, KEYSPACE).claim(list(keys))
+    assert all(ids)
+    return [i for i in ids if i]
+
+
+def test_a_job_is_leased_to_one_worker_at_a_time(client: redis.Redis, queue: JobQueue) -> None:
+    enqueue(client, b"k1", b"k2")
+    taken = queue.take(10, 30_000, "w1")
+    assert [(j.key, j.attempt) for j in taken] == [(b"k1", 1), (b"k2", 1)]
+    assert queue.take(10, 30_000, "w2") == []
+    assert queue.counts() == {"ready": 0, "leased": 2, "dead": 0}
+
+
+def test_ack_deletes_the_job(client: redis.Redis, queue: JobQueue) -> None:
+    (job_id,) = enqueue(client, b"k")
+    queue.take(10, 30_000, "w1")
+    assert queue.settle("w1", [Settlement(job_id, "ack")]) == 1
+    assert client.exists(KEYSPACE.job(job_id)) == 0
+    assert queue.counts() == {"ready": 0, "leased": 0, "dead": 0}
+
+
+def test_a_retry_waits_then_runs_again_with_the_next_attempt(
+    client: redis.Redis, queue: JobQueue
+) -> None:
+    (job_id,) = enqueue(client, b"k")
+    queue.take(10, 30_000, "w1")
+    queue.settle("w1", [Settlement(job_id, "retry", 200, "OperationalError: gone away")])
+    assert queue.take(10, 30_000, "w1") == []
+    time.sleep(0.25)
+    (again,) = queue.take(10, 30_000, "w1")
+    assert (again.id, again.attempt, again.error) == (job_id, 2, "OperationalError: gone away")
+
+
+def test_a_lapsed_lease_is_handed_out_again_and_the_old_worker_cannot_settle(
+    client: redis.Redis, queue: JobQueue
+) -> None:
+    (job_id,) = enqueue(client, b"k")
+    queue.take(10, 50, "w1")
+    time.sleep(0.1)
+    assert queue.requeue_lapsed() == 1
+    (again,) = queue.take(10, 30_000, "w2")
+    assert again.attempt == 2
+    assert queue.settle("w1", [Settlement(job_id, "ack")]) == 0
+    assert queue.settle("w2", [Settlement(job_id, "ack")]) == 1
+
+
+def test_dead_letters_can_be_listed_replayed_and_purged(
+    client: redis.Redis, queue: JobQueue
+) -> None:
+    first, second = enqueue(client, b"k1", b"k2")
+    queue.take(10, 30_000, "w1")
+    queue.settle(
+        "w1",
+        [Settlement(first, "dead", 0, "ProgrammingError: (1054, \"Unknown column 'x'\")"),
+         Settlement(second, "dead", 0, "Permanent: no")],
+    )  # fmt: skip
+    dead = {job.key: job for job in queue.dead()}
+    assert set(dead) == {b"k1", b"k2"}
+    assert "Unknown column" in dead[b"k1"].error
+    assert dead[b"k1"].failed_ms is not None
+    assert queue.replay([first]) == 1
+    (replayed,) = queue.take(10, 30_000, "w1")
+    assert (replayed.id, replayed.attempt, replayed.error) == (first, 1, "")
+    assert queue.purge([second]) == 1
+    assert queue.dead() == []
+    assert client.exists(KEYSPACE.job(second)) == 0
