@@ -12,7 +12,9 @@ from expiryd.connections import CONNECTION_ERRORS, RedisTarget, ensure_notificat
 from expiryd.db import describe_target, make_engine
 from expiryd.errors import UserError
 from expiryd.handlers import build_handlers
+from expiryd.keyspace import Keyspace
 from expiryd.logs import describe_error
+from expiryd.queue import JobQueue
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,13 @@ def _check_redis(config: Config) -> str:
     try:
         client.ping()
         flags = ensure_notifications(target, client, configure=False)
+        jobs = JobQueue(client, Keyspace(config.redis.prefix, target.db)).counts()
     except CONNECTION_ERRORS as exc:
         raise UserError(f"Redis at {target.safe_url}: {describe_error(exc)}") from None
     finally:
         client.close()
-    return f"Redis at {target.safe_url}, notify-keyspace-events {flags!r}"
+    queue = ", ".join(f"{n} {state}" for state, n in jobs.items())
+    return f"Redis at {target.safe_url}, notify-keyspace-events {flags!r}; jobs: {queue}"
 
 
 def _check_database(engine: Engine) -> str:
