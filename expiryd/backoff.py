@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable
+from typing import Any
 
 
 def backoff_delay(
@@ -31,3 +33,13 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+    def wait_after(
+        self, stop: threading.Event, log: Any, event: str, error: str, exc_info: bool = False
+    ) -> None:
+        """Log a failure as `event` (a warning, with the traceback if asked) and wait out
+        the next delay, or until `stop` is set."""
+        delay = self.next_delay()
+        extra = {"exc_info": True} if exc_info else {}
+        log.warning(event, error=error, attempt=self.failures, retry_in_s=round(delay, 2), **extra)
+        stop.wait(delay)

@@ -17,6 +17,8 @@ import threading
 import uuid
 from types import FrameType
 
+import redis
+
 from expiryd import __version__
 from expiryd.config import Config
 from expiryd.connections import CONNECTION_ERRORS, RedisTarget, ensure_notifications
@@ -117,7 +119,7 @@ class Daemon:
             return False
         try:
             self.dispatcher.process(events)
-        except CONNECTION_ERRORS as exc:
+        except redis.RedisError as exc:  # unreachable, or refusing (out of memory, say)
             # What was not claimed stays in the ledger and is recovered after the rescan.
             self._log.warning("ledger.unavailable", error=describe_error(exc))
             self.sweeper.request_resync()

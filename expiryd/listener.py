@@ -123,8 +123,4 @@ class Listener:
                 self.on_subscribed()
 
     def _wait_after(self, event: str, error: str, exc_info: bool = False) -> None:
-        delay = self._backoff.next_delay()
-        extra = {"exc_info": True} if exc_info else {}
-        attempt = self._backoff.failures
-        self._log.warning(event, error=error, attempt=attempt, retry_in_s=round(delay, 2), **extra)
-        self.stop.wait(delay)
+        self._backoff.wait_after(self.stop, self._log, event, error, exc_info)

@@ -48,7 +48,10 @@ class Sweeper:
                 busy = self._step()
                 self._backoff.reset()
             except CONNECTION_ERRORS as exc:
-                self._back_off(describe_error(exc))
+                self._back_off("ledger.unavailable", exc)
+                continue
+            except Exception as exc:  # a bug or a Redis refusal must not stop the clock
+                self._back_off("sweeper.crashed", exc, exc_info=True)
                 continue
             if not busy:
                 self.stop.wait(defaults.SWEEP_INTERVAL_SECONDS)
@@ -75,7 +78,5 @@ class Sweeper:
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         self._log.info("ledger.synced", keys_with_ttl=recorded, duration_ms=duration_ms)
 
-    def _back_off(self, error: str) -> None:
-        delay = self._backoff.next_delay()
-        self._log.warning("ledger.unavailable", error=error, retry_in_s=round(delay, 2))
-        self.stop.wait(delay)
+    def _back_off(self, event: str, exc: Exception, exc_info: bool = False) -> None:
+        self._backoff.wait_after(self.stop, self._log, event, describe_error(exc), exc_info)

@@ -73,11 +73,12 @@ class Worker:
                 self._backoff.reset()
             except CONNECTION_ERRORS as exc:
                 # Jobs taken and not settled are handed out again when their lease lapses.
-                delay = self._backoff.next_delay()
-                self._log.warning(
-                    "queue.unavailable", error=describe_error(exc), retry_in_s=round(delay, 2)
-                )
-                self.stop.wait(delay)
+                self._pause("queue.unavailable", exc)
+            except Exception as exc:  # a bug or a Redis refusal must not end the worker
+                self._pause("worker.crashed", exc, exc_info=True)
+
+    def _pause(self, event: str, exc: Exception, exc_info: bool = False) -> None:
+        self._backoff.wait_after(self.stop, self._log, event, describe_error(exc), exc_info)
 
     def _run_batch(self, jobs: list[Job]) -> None:
         self.in_hand = len(jobs)

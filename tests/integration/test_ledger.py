@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 
 from expiryd.expiry import Source
-from expiryd.keyspace import Keyspace
 from expiryd.ledger import Ledger
 from expiryd.queue import Job
-from tests.support.servers import RedisServer
-
-KEYSPACE = Keyspace("expiryd:", 15)
-
-
-@pytest.fixture
-def client(redis_db: RedisServer) -> Iterator[redis.Redis]:
-    with redis_db.client() as client:
-        yield client
+from tests.integration.conftest import KEYSPACE
 
 
 @pytest.fixture

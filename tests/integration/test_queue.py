@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 
-from expiryd.keyspace import Keyspace
 from expiryd.ledger import Ledger
 from expiryd.queue import JobQueue, Settlement
-from tests.support.servers import RedisServer
-
-KEYSPACE = Keyspace("expiryd:", 15)
-
-
-@pytest.fixture
-def client(redis_db: RedisServer) -> Iterator[redis.Redis]:
-    with redis_db.client() as client:
-        yield client
+from tests.integration.conftest import KEYSPACE
 
 
 @pytest.fixture
