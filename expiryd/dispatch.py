@@ -52,10 +52,12 @@ class Dispatcher:
     def _expired(self, keys: list[bytes]) -> None:
         tracked = []
         for key in keys:
-            reason = None if self.keyspace.owns(key) else self.unqueued_reason(key)
+            if self.keyspace.owns(key):
+                continue
+            reason = self.unqueued_reason(key)
             if reason:
                 self.report_unqueued(key, reason)
-            elif not self.keyspace.owns(key):
+            else:
                 tracked.append(key)
         jobs = self.ledger.claim(tracked)
         for key, job in zip(tracked, jobs, strict=True):
