@@ -52,13 +52,26 @@ return recorded
 """
 )
 
+# Shared by claim and reconcile, whose first seven KEYS are the same.
+_QUEUE_CLAIM = """
+local q = {next_id = KEYS[6], ready = KEYS[7], job_prefix = ARGV[#ARGV]}
+-- The claim wins: queue the expiry with its value, and remember the claim so a repeated
+-- event for it is dropped.
+local function queue_claim(key, source, deadline)
+  local value = redis.call('HGET', KEYS[4], key)
+  redis.call('HDEL', KEYS[4], key)
+  redis.call('ZADD', KEYS[5], ms(now), key)
+  return enqueue(q, key, source, deadline, value)
+end
+"""
+
 # KEYS: deadlines, gone, gone_deadlines, values, recent, next_id, ready, keys...
-# ARGV: keep_ms, job prefix
+# ARGV: keep_ms, job prefix (last)
 _CLAIM = (
     NOW
     + ENQUEUE
+    + _QUEUE_CLAIM
     + """
-local q = {next_id = KEYS[6], ready = KEYS[7], job_prefix = ARGV[2]}
 local jobs = {}
 for i = 8, #KEYS do
   local key = KEYS[i]
@@ -77,10 +90,7 @@ for i = 8, #KEYS do
     end
   end
   if source then
-    local value = redis.call('HGET', KEYS[4], key)
-    redis.call('HDEL', KEYS[4], key)
-    redis.call('ZADD', KEYS[5], ms(now), key)
-    jobs[i - 7] = enqueue(q, key, source, deadline, value)
+    jobs[i - 7] = queue_claim(key, source, deadline)
   else
     jobs[i - 7] = false
   end
@@ -91,12 +101,12 @@ return jobs
 )
 
 # KEYS: deadlines, gone, gone_deadlines, values, recent, next_id, ready
-# ARGV: found_until_ms, limit, keep_ms, job prefix
+# ARGV: found_until_ms, limit, keep_ms, job prefix (last)
 _RECONCILE = (
     NOW
     + ENQUEUE
+    + _QUEUE_CLAIM
     + """
-local q = {next_id = KEYS[6], ready = KEYS[7], job_prefix = ARGV[4]}
 local keys = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local recovered = 0
 for _, key in ipairs(keys) do
@@ -105,10 +115,7 @@ for _, key in ipairs(keys) do
   redis.call('HDEL', KEYS[3], key)
   -- A key set again since it was found gone is live, and its new deadline counts.
   if not redis.call('ZSCORE', KEYS[1], key) and redis.call('EXISTS', key) == 0 then
-    local value = redis.call('HGET', KEYS[4], key)
-    redis.call('HDEL', KEYS[4], key)
-    redis.call('ZADD', KEYS[5], ms(now), key)
-    enqueue(q, key, 'recovery', deadline, value)
+    queue_claim(key, 'recovery', deadline)
     recovered = recovered + 1
   end
 end
