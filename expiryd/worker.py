@@ -95,13 +95,13 @@ class Worker:
         match = match_route(self.routes, key) if key is not None else None
         line: dict[str, Any] = {"key": display_key(job.key), "route": None, "handler": None}
         line.update(_timing(job))
+        delay_ms = 0
         if match is None:
             result, extra = Result(Outcome.UNROUTED), {"reason": reason or "no route matches"}
         else:
-            result, extra = self._run(match, key or "", job)
+            result, extra, delay_ms = self._run(match, key or "", job)
             line.update(route=match.route.name, handler=match.route.handler, **match.fields)
         self._log_line(line, result, extra, started)
-        delay_ms = int(extra.get("delay_ms", 0))
         return Settlement(job.id, _SETTLE[result.outcome], delay_ms, extra.get("error", ""))
 
     def report_unqueued(self, raw_key: bytes, reason: str) -> None:
@@ -123,11 +123,12 @@ class Worker:
         except UnicodeDecodeError:
             return None, "key is not valid UTF-8"
 
-    def _run(self, match: Match, key: str, job: Job) -> tuple[Result, dict[str, Any]]:
+    def _run(self, match: Match, key: str, job: Job) -> tuple[Result, dict[str, Any], int]:
+        """The result, the log fields it adds, and for a retry the delay in ms."""
         policy = match.route.retry
         if job.attempt > policy.attempts:
             error = f"attempts exhausted ({job.attempt - 1} of {policy.attempts} taken)"
-            return Result(Outcome.DEAD), {"error": error}
+            return Result(Outcome.DEAD), {"error": error}, 0
         expiry = Expiry(
             key=key,
             route=match.route.name,
@@ -138,22 +139,20 @@ class Worker:
             attempt=job.attempt,
         )
         try:
-            return self.handlers[match.route.name](expiry), {}
+            return self.handlers[match.route.name](expiry), {}, 0
         except Exception as exc:  # any handler failure is an outcome, not a crash
             error = describe_error(exc)
             if classify(exc) is Verdict.RETRY and job.attempt < policy.attempts:
                 delay_ms = int(policy.delay(job.attempt) * 1000)
-                return Result(Outcome.RETRY), {"error": error, "delay_ms": delay_ms}
-            return Result(Outcome.DEAD), {"error": error}
+                fields = {"error": error, "retry_in_s": round(delay_ms / 1000, 2)}
+                return Result(Outcome.RETRY), fields, delay_ms
+            return Result(Outcome.DEAD), {"error": error}, 0
 
     def _log_line(
         self, line: dict[str, Any], result: Result, extra: dict[str, Any], started: float
     ) -> None:
         with self._lock:
             self.counts[result.outcome] += 1
-        if "delay_ms" in extra:
-            extra = {**extra, "retry_in_s": round(extra["delay_ms"] / 1000, 2)}
-            del extra["delay_ms"]
         log = {
             Outcome.DEAD: self._log.error,
             Outcome.RETRY: self._log.warning,
