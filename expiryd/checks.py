@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, text
 
 from expiryd.config import Config
-from expiryd.connections import CONNECTION_ERRORS, RedisTarget, ensure_notifications
+from expiryd.connections import (
+    CONNECTION_ERRORS,
+    RedisTarget,
+    ensure_notifications,
+    eviction_problem,
+)
 from expiryd.db import describe_target, make_engine
 from expiryd.errors import UserError
 from expiryd.handlers import build_handlers
@@ -54,11 +59,14 @@ def _check_redis(config: Config) -> str:
     try:
         client.ping()
         flags = ensure_notifications(target, client, configure=False)
+        eviction = eviction_problem(client)
         jobs = JobQueue(client, Keyspace(config.redis.prefix, target.db)).counts()
     except CONNECTION_ERRORS as exc:
         raise UserError(f"Redis at {target.safe_url}: {describe_error(exc)}") from None
     finally:
         client.close()
+    if eviction:
+        raise UserError(f"Redis at {target.safe_url}: {eviction}")
     queue = ", ".join(f"{n} {state}" for state, n in jobs.items())
     return f"Redis at {target.safe_url}, notify-keyspace-events {flags!r}; jobs: {queue}"
 

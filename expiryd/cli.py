@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
 
 from expiryd import __version__, config, logs
 from expiryd.errors import ServiceError, UserError
+from expiryd.redact import scrub
 
 EXAMPLES = {
     "run": "expiryd run --config /etc/expiryd/expiryd.toml",
@@ -27,10 +29,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.command(args))
     except UserError as exc:
-        print(f"expiryd: error: {exc}", file=sys.stderr)
+        print(f"expiryd: error: {scrub(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # never a traceback for the user, unless asked for one
+        if os.environ.get("EXPIRYD_DEBUG"):
+            raise
+        print(
+            f"expiryd: error: {logs.describe_error(exc)} (set EXPIRYD_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ Everything is checked here, at the edge; the rest of expiryd trusts what it gets
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -16,13 +17,17 @@ import redis
 
 from expiryd import defaults
 from expiryd.errors import ConfigError
-from expiryd.logs import redact_url
+from expiryd.redact import redact_url, remember
 from expiryd.retries import RetryPolicy
 from expiryd.routes import Pattern, PatternError, Route
 
 ENV_REDIS_URL = "EXPIRYD_REDIS_URL"
 ENV_DATABASE_URL = "EXPIRYD_DATABASE_URL"
 ENV_CONFIG = "EXPIRYD_CONFIG"
+ENV_CREDENTIALS = "CREDENTIALS_DIRECTORY"
+"""Where systemd puts the files named by the unit's LoadCredential= lines."""
+CREDENTIAL_REDIS_URL = "redis_url"
+CREDENTIAL_DATABASE_URL = "database_url"
 
 POOLS = ("none", "queue")
 TLS_MODES = ("off", "required")
@@ -36,15 +41,16 @@ DEFAULT_ROUTES = (
 
 @dataclass(frozen=True)
 class RedisSettings:
-    url: str
+    url: str = field(repr=False)
     prefix: str = defaults.KEY_PREFIX
     max_key_bytes: int = defaults.MAX_KEY_BYTES
     capture_values: bool = defaults.CAPTURE_VALUES
+    max_value_bytes: int = defaults.MAX_VALUE_BYTES
 
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    url: str
+    url: str = field(repr=False)
     pool: str = defaults.DATABASE_POOL
     tls: str = defaults.DATABASE_TLS
     tls_ca: str | None = None
@@ -93,7 +99,7 @@ def load(path: str | None = None, environ: Mapping[str, str] = os.environ) -> Co
     """Read the config file (the default path may be absent) and apply the environment."""
     explicit = path or environ.get(ENV_CONFIG)
     chosen = Path(explicit or defaults.CONFIG_PATH)
-    if chosen.exists():
+    if _exists(chosen):
         raw = _read_toml(chosen)
         source = str(chosen)
     elif explicit:
@@ -103,19 +109,57 @@ def load(path: str | None = None, environ: Mapping[str, str] = os.environ) -> Co
     return parse(raw, source, environ)
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:  # e.g. a directory this user may not enter
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
 def parse(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> Config:
     section = _Section(source, "", raw)
     section.only("redis", "database", "orders", "worker", "retry", "routes")
     retry = _parse_retry(section.table("retry"), RetryPolicy())
+    credentials = _credentials(environ)
+    redis_settings = _parse_redis(section.table("redis"), environ, credentials)
+    routes = _parse_routes(source, raw.get("routes", DEFAULT_ROUTES), retry)
+    _check_prefix(section.table("redis"), redis_settings.prefix, routes)
     return Config(
         source=source,
-        redis=_parse_redis(section.table("redis"), environ),
-        database=_parse_database(section.table("database"), environ),
+        redis=redis_settings,
+        database=_parse_database(section.table("database"), environ, credentials),
         orders=_parse_orders(section.table("orders")),
-        routes=_parse_routes(source, raw.get("routes", DEFAULT_ROUTES), retry),
+        routes=routes,
         worker=_parse_worker(section.table("worker")),
         retry=retry,
     )
+
+
+def _credentials(environ: Mapping[str, str]) -> dict[str, str]:
+    """The URLs systemd passed as credentials (LoadCredential=), by name."""
+    directory = environ.get(ENV_CREDENTIALS)
+    found: dict[str, str] = {}
+    if not directory:
+        return found
+    for name in (CREDENTIAL_REDIS_URL, CREDENTIAL_DATABASE_URL):
+        path = Path(directory) / name
+        try:
+            found[name] = path.read_text().strip()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read credential: {exc.strerror}") from None
+    return found
+
+
+def _url(
+    section: _Section, env_name: str, credential: str, found: Mapping[str, str], default: str
+) -> str:
+    """A URL from the environment, else a systemd credential, else the file; remembered
+    so that no message ever shows its password."""
+    url = found.get(env_name) or found.get(credential) or section.get("url", str, default)
+    remember(url)
+    return str(url)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -169,15 +213,23 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _parse_redis(section: _Section, environ: Mapping[str, str]) -> RedisSettings:
-    section.only("url", "prefix", "max_key_bytes", "capture_values")
-    url = environ.get(ENV_REDIS_URL) or section.get("url", str, defaults.REDIS_URL)
+def _parse_redis(
+    section: _Section, environ: Mapping[str, str], credentials: Mapping[str, str]
+) -> RedisSettings:
+    section.only("url", "prefix", "max_key_bytes", "capture_values", "max_value_bytes")
+    found = {**credentials, **{k: v for k, v in environ.items() if k == ENV_REDIS_URL}}
+    url = _url(section, ENV_REDIS_URL, CREDENTIAL_REDIS_URL, found, defaults.REDIS_URL)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise section.fail("url", "must start with redis://, rediss:// or unix://")
     try:
         redis.ConnectionPool.from_url(url)
-    except ValueError as exc:
-        raise section.fail("url", f"{redact_url(url)!r} is not a Redis URL: {exc}") from None
+    except ValueError:
+        # The parser's own message may quote part of the password: never show it.
+        raise section.fail(
+            "url",
+            f"{redact_url(url)!r} is not a Redis URL; in a password, write / as %2F, "
+            "# as %23, ? as %3F, @ as %40 and % as %25",
+        ) from None
     prefix = section.get("prefix", str, defaults.KEY_PREFIX)
     if not prefix:
         raise section.fail("prefix", "must not be empty")
@@ -189,12 +241,29 @@ def _parse_redis(section: _Section, environ: Mapping[str, str]) -> RedisSettings
         prefix=prefix,
         max_key_bytes=max_key_bytes,
         capture_values=section.get("capture_values", bool, defaults.CAPTURE_VALUES),
+        max_value_bytes=_positive(section, "max_value_bytes", defaults.MAX_VALUE_BYTES),
     )
 
 
-def _parse_database(section: _Section, environ: Mapping[str, str]) -> DatabaseSettings:
+def _check_prefix(section: _Section, prefix: str, routes: tuple[Route, ...]) -> None:
+    """Keys under the prefix are expiryd's own and never routed: a route whose keys
+    could start with it would silently lose them."""
+    for route in routes:
+        if route.pattern.literal_start and route.pattern.can_start_with(prefix):
+            raise section.fail(
+                "prefix",
+                f"{prefix!r} is where expiryd keeps its own keys, and route "
+                f"{route.name!r} matches keys that start with it, which would never be "
+                "handled; choose another prefix",
+            )
+
+
+def _parse_database(
+    section: _Section, environ: Mapping[str, str], credentials: Mapping[str, str]
+) -> DatabaseSettings:
     section.only("url", "pool", "tls", "tls_ca")
-    url = environ.get(ENV_DATABASE_URL) or section.get("url", str, defaults.DATABASE_URL)
+    found = {**credentials, **{k: v for k, v in environ.items() if k == ENV_DATABASE_URL}}
+    url = _url(section, ENV_DATABASE_URL, CREDENTIAL_DATABASE_URL, found, defaults.DATABASE_URL)
     return DatabaseSettings(
         url=url,
         pool=section.choice("pool", POOLS, defaults.DATABASE_POOL),
@@ -208,7 +277,9 @@ def _parse_worker(section: _Section) -> WorkerSettings:
     return WorkerSettings(
         lease_seconds=_positive(section, "lease_seconds", defaults.LEASE_SECONDS),
         grace_seconds=_positive(section, "grace_seconds", defaults.GRACE_SECONDS),
-        batch_size=_positive(section, "batch_size", defaults.BATCH_SIZE),
+        batch_size=_positive(
+            section, "batch_size", defaults.BATCH_SIZE, at_most=defaults.BATCH_SIZE_LIMIT
+        ),
     )
 
 
@@ -225,11 +296,17 @@ def _parse_retry(section: _Section, base: RetryPolicy) -> RetryPolicy:
 
 
 def _positive(
-    section: _Section, setting: str, default: Any, kind: type | tuple[type, ...] = int
+    section: _Section,
+    setting: str,
+    default: Any,
+    kind: type | tuple[type, ...] = int,
+    at_most: float = math.inf,
 ) -> Any:
     value = section.get(setting, kind, default)
-    if value <= 0:
-        raise section.fail(setting, f"must be more than 0, not {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise section.fail(setting, f"must be a number more than 0, not {value!r}")
+    if value > at_most:
+        raise section.fail(setting, f"must be at most {at_most}, not {value!r}")
     return value
 
 
@@ -260,9 +337,13 @@ def _status_change(section: _Section, setting: str, default: StatusChange) -> St
     inner.only("from", "to")
     sources = inner.get("from", list, list(default.sources))
     target = inner.get("to", (int, str), default.target)
-    if not sources or not all(isinstance(s, int | str) for s in sources):
+    if not sources or not all(_is_status(s) for s in sources):
         raise section.fail(setting, "`from` must be a non-empty list of statuses, e.g. [0]")
     return StatusChange(tuple(sources), target)
+
+
+def _is_status(value: Any) -> bool:
+    return isinstance(value, int | str) and not isinstance(value, bool)
 
 
 def _parse_routes(source: str, raw: Any, retry: RetryPolicy) -> tuple[Route, ...]:

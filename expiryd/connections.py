@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -11,14 +11,18 @@ from redis.retry import Retry
 
 from expiryd import defaults
 from expiryd.errors import ServiceError
-from expiryd.logs import redact_url
+from expiryd.redact import redact_url
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
+UNSAFE_EVICTION = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
+"""maxmemory-policy values under which Redis may evict expiryd's own state."""
+
+
 @dataclass(frozen=True)
 class RedisTarget:
-    url: str
+    url: str = field(repr=False)
     db: int
     host: str
     port: int | None
@@ -52,6 +56,30 @@ class RedisTarget:
     def cli_command(self, *words: str) -> str:
         where = f"-h {self.host} -p {self.port}" if self.port else ""
         return " ".join(part for part in ("redis-cli", where, *words) if part)
+
+
+def eviction_problem(client: redis.Redis) -> str | None:
+    """Why Redis might evict expiryd's ledger and jobs, with the fix; None when it won't.
+    A server that does not let us read the policy is reported too."""
+    try:
+        reply: dict[Any, Any] = client.config_get("maxmemory-policy")
+    except redis.ResponseError as exc:
+        return f"cannot read maxmemory-policy ({exc}); make sure it is noeviction or volatile-*"
+    policy = reply.get("maxmemory-policy", reply.get(b"maxmemory-policy", b""))
+    policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+    if policy not in UNSAFE_EVICTION:
+        return None
+    return (
+        f"maxmemory-policy is {policy}: when Redis is full it may evict expiryd's ledger and "
+        "jobs, losing expiries. Run: CONFIG SET maxmemory-policy noeviction (or a volatile-* "
+        "policy) and put it in redis.conf"
+    )
+
+
+def warn_eviction(target: RedisTarget, client: redis.Redis, log: Any) -> None:
+    problem = eviction_problem(client)
+    if problem:
+        log.warning("redis.eviction_unsafe", redis=target.safe_url, error=problem)
 
 
 def missing_flags(current: str, required: str = defaults.NOTIFY_FLAGS) -> str:

@@ -4,9 +4,12 @@
   else, so a slow database cannot make Redis drop it for falling behind;
 - the sweeper keeps the ledger up to date, nudges keys whose deadline has passed, and
   hands out again jobs whose worker's lease lapsed;
-- the main thread takes events from the inbox in order: ledger updates, and claims that
+- the main thread applies events from the inbox in order: ledger updates, and claims that
   queue each expiry as a durable job;
 - the worker leases jobs, runs their handlers and settles them.
+
+If any of these threads ends while the daemon is meant to be running, the daemon logs it
+and exits non-zero, so that its supervisor starts it again.
 """
 
 from __future__ import annotations
@@ -14,27 +17,31 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from types import FrameType
 
 import redis
 
-from expiryd import __version__
+from expiryd import __version__, defaults
+from expiryd.backoff import Backoff
 from expiryd.config import Config
-from expiryd.connections import CONNECTION_ERRORS, RedisTarget, ensure_notifications
+from expiryd.connections import CONNECTION_ERRORS, RedisTarget, ensure_notifications, warn_eviction
 from expiryd.db import make_engine
 from expiryd.dispatch import Dispatcher
 from expiryd.handlers import build_handlers
 from expiryd.keyspace import Keyspace
 from expiryd.ledger import Ledger
 from expiryd.listener import Event, Listener
-from expiryd.logs import describe_error, get_logger, redact_url
+from expiryd.logs import describe_error, get_logger
 from expiryd.queue import JobQueue
+from expiryd.redact import redact_url
 from expiryd.sweeper import Sweeper
 from expiryd.worker import Worker
 
-BATCH = 500
-"""Events taken from the inbox at a time, so runs of ledger updates share a round trip."""
+EXIT_THREAD_DIED = 70
+"""The exit code when one of expiryd's threads ended unexpectedly (EX_SOFTWARE)."""
 
 
 class Daemon:
@@ -47,9 +54,11 @@ class Daemon:
         handlers = build_handlers(config, self.engine)
         self.stop = threading.Event()
         self.stop_taking = threading.Event()
-        self.inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.inbox: queue.Queue[Event] = queue.Queue(maxsize=defaults.INBOX_EVENTS)
         self.redis = self.target.client()
-        ledger = Ledger(self.redis, keyspace, config.redis.capture_values)
+        ledger = Ledger(
+            self.redis, keyspace, config.redis.capture_values, config.redis.max_value_bytes
+        )
         jobs = JobQueue(self.redis, keyspace)
         marker_prefix = f"{uuid.uuid4().hex}:"
         max_key_bytes = config.redis.max_key_bytes
@@ -57,7 +66,7 @@ class Daemon:
             jobs, config.routes, handlers, config.worker, max_key_bytes, self.stop_taking
         )
         self.listener = Listener(
-            self.target, keyspace, self.inbox.put, self._resubscribed, self.stop, configure_redis
+            self.target, keyspace, self._hear, self._resubscribed, self.stop, configure_redis
         )
         self.sweeper = Sweeper(
             ledger, jobs, marker_prefix, self.listener.subscribed, self.stop, max_key_bytes
@@ -71,6 +80,8 @@ class Daemon:
             self.worker.wake.set,
         )
         self._signal: str | None = None
+        self._died: str | None = None
+        self._backoff = Backoff(defaults.RECONNECT_BASE_SECONDS, defaults.RECONNECT_CAP_SECONDS)
         self._log = get_logger()
 
     def run(self) -> int:
@@ -80,57 +91,114 @@ class Daemon:
             "expiryd.started",
             version=__version__,
             config=self.config.source,
-            redis=self.target.safe_url,
+            redis=redact_url(self.config.redis.url),
             database=redact_url(self.config.database.url),
             routes=[route.name for route in self.config.routes],
             capture_values=self.config.redis.capture_values,
         )
         threads = [
-            threading.Thread(target=self.listener.run, name="listener", daemon=True),
-            threading.Thread(target=self.sweeper.run, name="sweeper", daemon=True),
+            self._start("listener", self.listener.run),
+            self._start("sweeper", self.sweeper.run),
         ]
-        worker = threading.Thread(target=self.worker.run, name="worker", daemon=True)
-        for thread in [*threads, worker]:
-            thread.start()
+        worker = self._start("worker", self.worker.run)
         while not self.stop.is_set():
-            self._process_next(timeout=0.5)
-        self._log.info("expiryd.stopping", signal=self._signal, in_hand=self.worker.in_hand)
-        for thread in threads:
-            thread.join(timeout=10)
-        while self._process_next(timeout=0):
-            pass
+            self._dispatch(timeout=0.5, pause=self._wait_after_failure)
         self.stop_taking.set()
-        worker.join(timeout=self.config.worker.grace_seconds)
+        self._log.info("expiryd.stopping", signal=self._signal, in_hand=self.worker.in_hand)
+        return self._shut_down(threads, worker)
+
+    def _shut_down(self, threads: list[threading.Thread], worker: threading.Thread) -> int:
+        """Everything within one deadline, `grace_seconds` from now: the batch in hand,
+        the events heard and not yet applied, the threads."""
+        deadline = time.monotonic() + self.config.worker.grace_seconds
+        for thread in threads:
+            thread.join(timeout=_left(deadline))
+        while time.monotonic() < deadline and self._dispatch(0, lambda: time.sleep(0.1)):
+            pass
+        worker.join(timeout=_left(deadline))
         unfinished = self.worker.in_hand if worker.is_alive() else 0
         self.engine.dispose()
         self._log.info(
             "expiryd.stopped",
             unfinished=unfinished,
+            unapplied_events=len(self.dispatcher.pending) + self.inbox.qsize(),
             **{o.value: n for o, n in self.worker.counts.items()},
         )
-        return 0
+        return EXIT_THREAD_DIED if self._died else 0
+
+    def _start(self, name: str, target: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=self._supervised, args=(name, target), name=name)
+        thread.daemon = True
+        thread.start()
+        return thread
+
+    def _supervised(self, name: str, target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # any way a thread ends is reported
+            self._thread_ended(name, describe_error(exc), exc_info=True)
+        else:
+            if not self.stop.is_set() and not (name == "worker" and self.stop_taking.is_set()):
+                self._thread_ended(name, "returned while the daemon was running")
+
+    def _thread_ended(self, name: str, error: str, exc_info: bool = False) -> None:
+        self._died = name
+        self._signal = self._signal or f"thread {name} ended"
+        self._log.critical("thread.died", thread=name, error=error, exc_info=exc_info)
+        self.stop_taking.set()
+        self.stop.set()
+
+    def _hear(self, event: Event) -> None:
+        """The listener's hand-off. When the inbox is full the listener waits here, and
+        stops reading from Redis, until there is room."""
+        while not self.stop.is_set():
+            try:
+                self.inbox.put(event, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def _resubscribed(self) -> None:
         self.sweeper.request_resync()
 
-    def _process_next(self, timeout: float) -> bool:
-        events = self._take(timeout)
-        if not events:
+    def _dispatch(self, timeout: float, pause: Callable[[], None]) -> bool:
+        """Apply what is pending, taking more from the inbox first; False when there was
+        nothing to do. On an error, what was not applied stays pending."""
+        pending = self.dispatcher.pending
+        if len(pending) < defaults.WINDOW_EVENTS:
+            pending.extend(self._take(0 if pending else timeout))
+        if not pending:
             return False
         try:
-            self.dispatcher.process(events)
-        except redis.RedisError as exc:  # unreachable, or refusing (out of memory, say)
-            # What was not claimed stays in the ledger and is recovered after the rescan.
-            self._log.warning("ledger.unavailable", error=describe_error(exc))
-            self.sweeper.request_resync()
+            self.dispatcher.run_pending()
+            self._backoff.reset()
+        except redis.RedisError as exc:  # unreachable, or refusing (out of memory, busy)
+            self._failed("ledger.unavailable", exc, pause)
+        except Exception as exc:  # a bug must not lose the events: they are tried again
+            self._failed("dispatcher.crashed", exc, pause, exc_info=True)
         return True
+
+    def _failed(
+        self, event: str, exc: Exception, pause: Callable[[], None], exc_info: bool = False
+    ) -> None:
+        self._log.warning(
+            event,
+            error=describe_error(exc),
+            pending=len(self.dispatcher.pending),
+            attempt=self._backoff.failures + 1,
+            exc_info=exc_info,
+        )
+        pause()
+
+    def _wait_after_failure(self) -> None:
+        self.stop.wait(self._backoff.next_delay())
 
     def _take(self, timeout: float) -> list[Event]:
         try:
             events = [self.inbox.get(timeout=timeout) if timeout else self.inbox.get_nowait()]
         except queue.Empty:
             return []
-        while len(events) < BATCH:
+        while len(events) < defaults.WINDOW_EVENTS:
             try:
                 events.append(self.inbox.get_nowait())
             except queue.Empty:
@@ -141,6 +209,7 @@ class Daemon:
         """Fail fast on a Redis that would never notify; an unreachable one is retried."""
         try:
             ensure_notifications(self.target, self.redis, self.configure_redis)
+            warn_eviction(self.target, self.redis, self._log)
         except CONNECTION_ERRORS as exc:
             self._log.warning("redis.unreachable", error=describe_error(exc))
 
@@ -148,7 +217,12 @@ class Daemon:
         # Only set flags here: logging from a signal handler could deadlock on the log lock.
         def request_stop(signum: int, _frame: FrameType | None) -> None:
             self._signal = self._signal or signal.Signals(signum).name
+            self.stop_taking.set()
             self.stop.set()
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())

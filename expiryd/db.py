@@ -13,7 +13,8 @@ from sqlalchemy.pool import NullPool
 from expiryd import defaults
 from expiryd.config import DatabaseSettings
 from expiryd.errors import ConfigError, ServiceError
-from expiryd.logs import describe_error, redact_url
+from expiryd.logs import describe_error
+from expiryd.redact import redact_url, scrub
 
 _MYSQL_BACKENDS = ("mysql", "mariadb")
 
@@ -48,7 +49,9 @@ def make_engine(settings: DatabaseSettings) -> Engine:
     try:
         return create_engine(url, **options)
     except (ArgumentError, ImportError) as exc:
-        raise ConfigError(f"[database] url {redact_url(settings.url)!r}: {exc}") from None
+        raise ConfigError(
+            f"[database] url {redact_url(settings.url)!r}: {scrub(str(exc))}"
+        ) from None
 
 
 def _mysql_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
@@ -80,4 +83,4 @@ def reflect_table(engine: Engine, name: str) -> Table:
 
 
 def describe_target(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    return redact_url(engine.url.render_as_string(hide_password=False))

@@ -43,8 +43,21 @@ SWEEP_LIMIT = 1000
 SCAN_COUNT = 1000
 """Keys asked for per SCAN step when the ledger is brought up to date."""
 
-RECENT_SECONDS = 300
-"""A handled expiry is remembered this long, so a repeated event for it is not handled again."""
+CLAIMS_KEPT_SECONDS = 300
+"""How long a claim of a key is remembered, so that an `expired` event whose deadline no
+daemon recorded (several daemons hear each event) is queued once. Events whose deadline
+was recorded are told apart by their deadline and need no memory."""
+
+MAX_VALUE_BYTES = 65536
+"""With capture_values: larger values are not captured (the handler gets None)."""
+
+INBOX_EVENTS = 100_000
+"""Events heard and not yet applied that the daemon holds at most; when it is full the
+listener stops reading, Redis drops the connection at its output-buffer limit, and what
+was missed is recovered through the ledger after the reconnect."""
+
+WINDOW_EVENTS = 1000
+"""Events applied to the ledger per round trip."""
 
 RECONNECT_BASE_SECONDS = 0.5
 RECONNECT_CAP_SECONDS = 30.0
@@ -84,6 +97,13 @@ them to be handed out again."""
 
 BATCH_SIZE = 100
 """Jobs a worker takes at a time."""
+
+BATCH_SIZE_LIMIT = 10_000
+"""The largest batch_size accepted."""
+
+MAX_LAPSES = 5
+"""A job whose worker died (or whose lease ran out) this many times while running it is
+dead-lettered instead of being handed out again: it is likely what kills the worker."""
 
 WORKER_POLL_SECONDS = 0.1
 """How often an idle worker looks for jobs that nobody woke it for (retries that came due,

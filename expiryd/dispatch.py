@@ -1,17 +1,49 @@
-"""From Redis events to ledger updates and queued jobs, in the order the events came."""
+"""From Redis events to ledger changes and queued jobs, in the order the events came.
+
+Events wait in `pending` until Redis has taken them: a window of mixed events goes to
+Redis in one round trip, and a window that fails stays, whole, to be tried again.
+"""
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+from expiryd import defaults
 from expiryd.keyspace import Keyspace
-from expiryd.ledger import Ledger
+from expiryd.ledger import Applied, Ledger, Op, Step
 from expiryd.listener import Event, Kind
-from expiryd.logs import get_logger
+from expiryd.logs import display_key, get_logger
 
-RECORDS = frozenset({Kind.EXPIRE, Kind.RENAME_TO})
-FORGETS = frozenset({Kind.DEL, Kind.PERSIST, Kind.RENAME_FROM})
+STEPS = {
+    Kind.EXPIRED: Op.CLAIM,
+    Kind.EXPIRE: Op.RECORD,
+    Kind.RENAME_TO: Op.RECORD,
+    Kind.RESTORE: Op.RECORD,
+    Kind.COPY_TO: Op.RECORD,
+    Kind.MOVE_TO: Op.RECORD,
+    Kind.DEL: Op.FORGET,
+    Kind.PERSIST: Op.FORGET,
+    Kind.RENAME_FROM: Op.FORGET,
+    Kind.MOVE_FROM: Op.FORGET,
+}
+"""What each kind of event does to the ledger (markers aside)."""
+
+FRESH_KEYS_LIMIT = 100_000
+"""Keys remembered as found gone when recorded; far more than are ever in flight."""
+
+
+@dataclass
+class _Window:
+    """The next events to apply: `size` events from the front of `pending`, the steps
+    they make (built once, so a retry sends the same ids), and a marker that ends it."""
+
+    size: int
+    steps: list[Step]
+    marker: int | None = None
+    applied: bool = False
+    reported: list[tuple[bytes, str]] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -30,45 +62,79 @@ class Dispatcher:
         self.unqueued_reason = unqueued_reason
         self.report_unqueued = report_unqueued
         self.queued = queued
+        self.pending: deque[Event] = deque()
+        self._window: _Window | None = None
+        self._fresh: dict[bytes, int] = {}
         self._log = get_logger()
 
-    def process(self, events: Sequence[Event]) -> None:
-        """Runs of events of one kind go to Redis together; order is kept across kinds."""
-        for kind, run in itertools.groupby(events, key=lambda event: event.kind):
-            data = [event.data for event in run]
-            if kind is Kind.MARKER:
-                for payload in data:
-                    self._reconcile(payload)
-            elif kind is Kind.EXPIRED:
-                self._expired(data)
-            elif kind in RECORDS:
-                self.ledger.record([key for key in data if self._tracked(key)])
-            elif kind in FORGETS:
-                self.ledger.forget([key for key in data if self._tracked(key)])
+    def run_pending(self) -> None:
+        """Apply every pending event in order. A Redis error propagates with the events
+        not yet applied still pending."""
+        while self.pending:
+            window = self._window or self._build()
+            self._window = window
+            if not window.applied:
+                if window.steps:
+                    self._after(window.steps, self.ledger.apply(window.steps))
+                window.applied = True
+                for key, reason in window.reported:
+                    self.report_unqueued(key, reason)
+            if window.marker is not None and self.ledger.reconcile(window.marker):
+                self.queued()
+            for _ in range(window.size):
+                self.pending.popleft()
+            self._window = None
 
-    def _tracked(self, key: bytes) -> bool:
-        return not self.keyspace.owns(key) and self.unqueued_reason(key) is None
+    def _build(self) -> _Window:
+        window = _Window(0, [])
+        for event in self.pending:
+            window.size += 1
+            if event.kind is Kind.MARKER:
+                window.marker = self._marker_time(event.data)
+                if window.marker is not None:
+                    break
+            elif not self.keyspace.owns(event.data):
+                self._add_step(window, event)
+            if len(window.steps) >= defaults.WINDOW_EVENTS:
+                break
+        return window
 
-    def _expired(self, keys: list[bytes]) -> None:
-        tracked = []
-        for key in keys:
-            if self.keyspace.owns(key):
-                continue
-            reason = self.unqueued_reason(key)
-            if reason:
-                self.report_unqueued(key, reason)
-            else:
-                tracked.append(key)
-        jobs = self.ledger.claim(tracked)
-        for key, job in zip(tracked, jobs, strict=True):
-            if job is None:
-                self._log.debug("expiry.duplicate", key=key.decode("utf-8", "backslashreplace"))
-        if any(jobs):
-            self.queued()
+    def _add_step(self, window: _Window, event: Event) -> None:
+        op = STEPS[event.kind]
+        reason = self.unqueued_reason(event.data)
+        if reason:
+            if op is Op.CLAIM:
+                window.reported.append((event.data, reason))
+        elif op is Op.CLAIM:
+            window.steps.append(Step(op, event.data, fresh_ms=self._fresh.get(event.data)))
+        else:
+            window.steps.append(Step(op, event.data))
 
-    def _reconcile(self, payload: bytes) -> None:
-        """A marker of ours: every expiry announced before it has been claimed above."""
+    def _marker_time(self, payload: bytes) -> int | None:
+        """A marker of this daemon's sweeper: the Redis time it was published at."""
         if not payload.startswith(self.marker_prefix):
-            return
-        if self.ledger.reconcile(int(payload[len(self.marker_prefix) :])):
+            return None
+        return int(payload[len(self.marker_prefix) :])
+
+    def _after(self, steps: list[Step], applied: Applied) -> None:
+        if len(self._fresh) > FRESH_KEYS_LIMIT:
+            self._fresh.clear()
+        queued = False
+        for step, reply in zip(steps, applied.replies, strict=True):
+            if step.op is Op.RECORD and reply == -2:
+                self._fresh[step.key] = applied.now_ms
+            elif step.op is not Op.RECORD:
+                self._fresh.pop(step.key, None)
+            if step.op is Op.CLAIM:
+                if reply == 0:
+                    self._log.debug("expiry.duplicate", key=display_key(step.key))
+                else:
+                    queued = True
+        if applied.oversize_values:
+            self._log.warning(
+                "ledger.value_not_captured",
+                keys=applied.oversize_values,
+                reason=f"value over max_value_bytes={self.ledger.max_value_bytes}",
+            )
+        if queued:
             self.queued()

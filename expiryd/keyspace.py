@@ -31,14 +31,10 @@ class Keyspace:
         return f"{self.prefix}values"
 
     @property
-    def recent(self) -> str:
-        """ZSET: key -> when its expiry was claimed, so it is claimed only once."""
-        return f"{self.prefix}recent"
-
-    @property
-    def next_id(self) -> str:
-        """Counter: the id of the last job queued."""
-        return f"{self.prefix}jobs:next"
+    def claimed(self) -> str:
+        """ZSET: key -> when an expiry of it was last claimed (ms), kept for a while so
+        that an event no daemon recorded a deadline for is claimed once by all daemons."""
+        return f"{self.prefix}claimed"
 
     @property
     def ready(self) -> str:

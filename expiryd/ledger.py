@@ -2,157 +2,66 @@
 expiry sampling or a pub/sub connection, decides when an expiry is due and whether it
 was seen.
 
-How the pieces fit:
-- `record` runs for every `expire`/`rename_to` event and for every key a SCAN finds: it
-  stores the key's deadline (and, with capture_values, its value). `forget` runs for
-  `del`, `persist` and `rename_from`.
+An expiry's identity is its incarnation: the key and the deadline it had. How the pieces
+fit (the scripts are in `expiryd/lua/`):
+- `apply` takes a window of keyspace events in the order Redis published them. A key
+  that got a TTL is recorded (deadline and, with capture_values, value); a key that left
+  without expiring (del, persist, rename, move) is forgotten, wherever it stood; an
+  `expired` event claims the incarnation it is for and, in the same script, queues it as
+  a durable job (see `queue`). An event for an incarnation claimed already is dropped.
 - `sweep`, run every few milliseconds, reads the PTTL of each key whose deadline has
   passed. Reading an expired key makes Redis delete it and publish `expired` at once (the
-  nudge). Keys found gone move to the `gone` set, and a marker is published on the
-  sweep channel *after* any `expired` events the sweep caused, from inside the same script.
-- An `expired` event `claim`s its key: the first claim wins and, in the same script,
-  queues the expiry as a durable job (see `queue`), so no expiry is lost or queued twice.
-- When the listener receives a marker, every `expired` event published before it has
-  already been received. So whatever is still in `gone` then (up to the marker's time)
-  was announced while nobody listened: `reconcile` claims and queues it as recovered.
+  nudge). Incarnations found over move to the `gone` set, and a marker is published on
+  the sweep channel *after* any `expired` events the sweep caused, from inside the script.
+- When the listener receives a marker, every event published before it has been applied.
+  So whatever is still in `gone` then (up to the marker's time) expired while nobody
+  listened: `reconcile` claims and queues it as recovered.
 """
 
 from __future__ import annotations
 
+import enum
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
-from expiryd import defaults
+from expiryd import defaults, lua
 from expiryd.keyspace import Keyspace
-from expiryd.queue import ENQUEUE, NOW
 
-# KEYS: deadlines, values, recent, watched keys...   ARGV: capture ("1" or "0")
-_RECORD = (
-    NOW
-    + """
-local recorded = 0
-for i = 4, #KEYS do
-  local key = KEYS[i]
-  local ttl = redis.call('PTTL', key)
-  if ttl >= 0 then
-    redis.call('ZADD', KEYS[1], ms(now + ttl), key)
-    redis.call('ZREM', KEYS[3], key)
-    recorded = recorded + 1
-    if ARGV[1] == '1' and redis.call('TYPE', key)['ok'] == 'string' then
-      redis.call('HSET', KEYS[2], key, redis.call('GET', key))
-    end
-  elseif ttl == -1 then
-    redis.call('ZREM', KEYS[1], key)
-    redis.call('HDEL', KEYS[2], key)
-  end
-end
-return recorded
-"""
-)
 
-# Shared by claim and reconcile, whose first seven KEYS are the same.
-_QUEUE_CLAIM = """
-local q = {next_id = KEYS[6], ready = KEYS[7], job_prefix = ARGV[#ARGV]}
--- The claim wins: queue the expiry with its value, and remember the claim so a repeated
--- event for it is dropped.
-local function queue_claim(key, source, deadline)
-  local value = redis.call('HGET', KEYS[4], key)
-  redis.call('HDEL', KEYS[4], key)
-  redis.call('ZADD', KEYS[5], ms(now), key)
-  return enqueue(q, key, source, deadline, value)
-end
-"""
+class Op(enum.StrEnum):
+    RECORD = "r"
+    FORGET = "f"
+    CLAIM = "c"
 
-# KEYS: deadlines, gone, gone_deadlines, values, recent, next_id, ready, keys...
-# ARGV: keep_ms, job prefix (last)
-_CLAIM = (
-    NOW
-    + ENQUEUE
-    + _QUEUE_CLAIM
-    + """
-local jobs = {}
-for i = 8, #KEYS do
-  local key = KEYS[i]
-  local source = 'event'
-  local deadline = redis.call('ZSCORE', KEYS[1], key)
-  if deadline then
-    redis.call('ZREM', KEYS[1], key)
-  else
-    deadline = redis.call('HGET', KEYS[3], key)
-    if deadline then
-      source = 'nudge'
-      redis.call('ZREM', KEYS[2], key)
-      redis.call('HDEL', KEYS[3], key)
-    elseif redis.call('ZSCORE', KEYS[5], key) then
-      source = false
-    end
-  end
-  if source then
-    jobs[i - 7] = queue_claim(key, source, deadline)
-  else
-    jobs[i - 7] = false
-  end
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ms(now - tonumber(ARGV[1])))
-return jobs
-"""
-)
 
-# KEYS: deadlines, gone, gone_deadlines, values, recent, next_id, ready
-# ARGV: found_until_ms, limit, keep_ms, job prefix (last)
-_RECONCILE = (
-    NOW
-    + ENQUEUE
-    + _QUEUE_CLAIM
-    + """
-local keys = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-local recovered = 0
-for _, key in ipairs(keys) do
-  local deadline = redis.call('HGET', KEYS[3], key)
-  redis.call('ZREM', KEYS[2], key)
-  redis.call('HDEL', KEYS[3], key)
-  -- A key set again since it was found gone is live, and its new deadline counts.
-  if not redis.call('ZSCORE', KEYS[1], key) and redis.call('EXISTS', key) == 0 then
-    queue_claim(key, 'recovery', deadline)
-    recovered = recovered + 1
-  end
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ms(now - tonumber(ARGV[3])))
-return {#keys, recovered}
-"""
-)
+@dataclass(frozen=True)
+class Step:
+    """One event's change to the ledger."""
 
-# KEYS: deadlines, gone, gone_deadlines, values   ARGV: limit, channel, marker prefix
-_SWEEP = (
-    NOW
-    + """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms(now), 'WITHSCORES', 'LIMIT', 0, ARGV[1])
-local moved = 0
-for i = 1, #due, 2 do
-  local key = due[i]
-  -- A script sees the clock as it was when it started, so a key due by TIME may still
-  -- have 0 ms to live here: it is not gone, and the next sweep will find it so.
-  local ttl = redis.call('PTTL', key)
-  if ttl >= 0 then
-    redis.call('ZADD', KEYS[1], ms(now + ttl), key)
-  elseif ttl == -1 then
-    redis.call('ZREM', KEYS[1], key)
-    redis.call('HDEL', KEYS[4], key)
-  else
-    redis.call('ZREM', KEYS[1], key)
-    redis.call('ZADD', KEYS[2], ms(now), key)
-    redis.call('HSET', KEYS[3], key, due[i + 1])
-    moved = moved + 1
-  end
-end
-if redis.call('ZCARD', KEYS[2]) > 0 then
-  redis.call('PUBLISH', ARGV[2], ARGV[3] .. ms(now))
-end
-return {#due / 2, moved}
-"""
-)
+    op: Op
+    key: bytes
+    fresh_ms: int | None = None
+    """For a claim: when this daemon found a newer incarnation of the key already over,
+    so that an older claim of the key is not taken for this one."""
+    random_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """For a claim of an expiry whose deadline nobody recorded: its id."""
+
+    def args(self) -> list[bytes | str | int]:
+        if self.op is not Op.CLAIM:
+            return [self.op.value, self.key]
+        fresh = "" if self.fresh_ms is None else self.fresh_ms
+        return [self.op.value, self.key, fresh, self.random_id]
+
+
+@dataclass(frozen=True)
+class Applied:
+    now_ms: int
+    oversize_values: int
+    replies: list[int | str]
+    """One per step: record 1, 0 or -2 (gone already); forget 0; claim the job id or 0."""
 
 
 @dataclass(frozen=True)
@@ -167,54 +76,48 @@ class Ledger:
         client: redis.Redis,
         keyspace: Keyspace,
         capture_values: bool = defaults.CAPTURE_VALUES,
-        recent_seconds: int = defaults.RECENT_SECONDS,
+        max_value_bytes: int = defaults.MAX_VALUE_BYTES,
+        claims_kept_seconds: int = defaults.CLAIMS_KEPT_SECONDS,
     ) -> None:
         self.client = client
         self.keyspace = keyspace
         self.capture_values = capture_values
-        self._keep_ms = recent_seconds * 1000
+        self.max_value_bytes = max_value_bytes
+        self._keep_ms = claims_kept_seconds * 1000
         ks = keyspace
-        self._claim_keys = [
-            ks.deadlines, ks.gone, ks.gone_deadlines, ks.values, ks.recent, ks.next_id, ks.ready,
-        ]  # fmt: skip
-        self._record = client.register_script(_RECORD)
-        self._claim = client.register_script(_CLAIM)
-        self._reconcile = client.register_script(_RECONCILE)
-        self._sweep = client.register_script(_SWEEP)
+        self._keys = [ks.deadlines, ks.gone, ks.gone_deadlines, ks.values, ks.claimed, ks.ready]
+        self._apply = lua.register(client, "ledger_apply", "clock", "enqueue")
+        self._reconcile = lua.register(client, "ledger_reconcile", "clock", "enqueue")
+        self._sweep = lua.register(client, "ledger_sweep", "clock")
+
+    def apply(self, steps: Sequence[Step]) -> Applied:
+        """Apply the steps in order, in one round trip."""
+        capture = "1" if self.capture_values else "0"
+        args: list[bytes | str | int] = [
+            self.keyspace.job_prefix,
+            capture,
+            self.max_value_bytes,
+            self._keep_ms,
+        ]
+        for step in steps:
+            args += step.args()
+        now, oversize, *replies = self._apply(keys=self._keys, args=args)
+        return Applied(int(now), int(oversize), [_reply(r) for r in replies])
 
     def record(self, keys: Sequence[bytes]) -> int:
-        """Store the deadline of each key that has a TTL; forget those that have none."""
+        """Store the deadline of each key that has a TTL; the number recorded."""
         if not keys:
             return 0
-        ks = self.keyspace
-        capture = "1" if self.capture_values else "0"
-        return int(self._record(keys=[ks.deadlines, ks.values, ks.recent, *keys], args=[capture]))
-
-    def forget(self, keys: Sequence[bytes]) -> None:
-        if not keys:
-            return
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keyspace.deadlines, *keys)
-            pipe.hdel(self.keyspace.values, *keys)
-            pipe.execute()
-
-    def claim(self, keys: Sequence[bytes]) -> list[str | None]:
-        """Claim expiries Redis announced and queue each as a job, in one round trip: the
-        job ids, with None for each expiry that was claimed already."""
-        if not keys:
-            return []
-        ks = self.keyspace
-        replies = self._claim(keys=[*self._claim_keys, *keys], args=[self._keep_ms, ks.job_prefix])
-        return [reply.decode() if reply else None for reply in replies]
+        applied = self.apply([Step(Op.RECORD, key) for key in keys])
+        return sum(1 for reply in applied.replies if reply == 1)
 
     def reconcile(self, found_until_ms: int, limit: int = defaults.SWEEP_LIMIT) -> int:
-        """Claim and queue every key found gone up to `found_until_ms` whose expiry nobody
-        announced; the number recovered."""
+        """Claim and queue every incarnation found gone up to `found_until_ms` whose expiry
+        nobody announced; the number recovered."""
         recovered = 0
         while True:
             looked_at, queued = self._reconcile(
-                keys=self._claim_keys,
-                args=[found_until_ms, limit, self._keep_ms, self.keyspace.job_prefix],
+                keys=self._keys, args=[self.keyspace.job_prefix, found_until_ms, limit]
             )
             recovered += int(queued)
             if looked_at < limit:
@@ -236,6 +139,10 @@ class Ledger:
             keys = [k for k in batch if not self.keyspace.owns(k) and len(k) <= max_key_bytes]
             recorded += self.record(keys)
         return recorded
+
+
+def _reply(reply: bytes | int) -> int | str:
+    return reply.decode() if isinstance(reply, bytes) else int(reply)
 
 
 def _batches(keys: Iterable[bytes], size: int) -> Iterator[list[bytes]]:

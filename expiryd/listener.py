@@ -40,6 +40,10 @@ class Kind(enum.Enum):
     PERSIST = "persist"
     RENAME_FROM = "rename_from"
     RENAME_TO = "rename_to"
+    RESTORE = "restore"
+    COPY_TO = "copy_to"
+    MOVE_FROM = "move_from"
+    MOVE_TO = "move_to"
     MARKER = "marker"
 
 

@@ -1,22 +1,38 @@
 """Structured logs: JSON lines on stdout for journald, a readable renderer on a terminal.
 
-Nothing that may hold a secret is logged as given: URLs go through `redact_url` and
-errors through `describe_error`.
+Nothing that may hold a secret is logged as given: URLs go through `redact.redact_url`
+and errors through `describe_error`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from expiryd import defaults
+from expiryd.redact import scrub
 
 FORMATS = ("auto", "json", "console")
+
+HANDLED_FIELDS = frozenset(
+    {
+        "key", "route", "handler", "expiry_id", "attempt", "deadline", "lateness_ms",
+        "recovered", "source", "outcome", "rows", "duration_ms", "reason", "error",
+        "retry_in_s", "log_error", "value",
+    }
+)  # fmt: skip
+"""The fields of an `expiry.handled` line besides a route's own."""
+
+RESERVED_FIELDS = HANDLED_FIELDS | {
+    # added by the processors, or the names of the logging call's own parameters
+    "event", "level", "timestamp", "logger", "exc_info", "exception", "self", "method_name",
+}  # fmt: skip
+"""Names a route's field may not take: they would collide with the line's own."""
 LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -24,17 +40,20 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
     """Set up structlog once, before the first line is logged."""
     if log_format == "auto":
         log_format = "console" if sys.stdout.isatty() else "json"
-    renderer: Any = (
-        structlog.processors.JSONRenderer(ensure_ascii=False)
+    renderers: list[Any] = (
+        [
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(ensure_ascii=False),
+        ]
         if log_format == "json"
-        else structlog.dev.ConsoleRenderer()
+        else [structlog.dev.ConsoleRenderer()]
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
@@ -46,31 +65,28 @@ def get_logger(**context: Any) -> Any:
     return structlog.get_logger(**context)
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
-
-
 def describe_error(exc: BaseException) -> str:
     """`Type: message` of the error a driver raised, without SQL parameters or URLs."""
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig
     elif isinstance(exc, SQLAlchemyError):
-        return f"{type(exc).__name__}: {exc.args[0] if exc.args else ''}"
-    return f"{type(exc).__name__}: {exc}"
+        return scrub(f"{type(exc).__name__}: {exc.args[0] if exc.args else ''}")
+    return scrub(f"{type(exc).__name__}: {exc}")
 
 
 def display_key(raw: bytes) -> str:
-    """A key name safe to put in a log line: decoded leniently, and shortened when long."""
+    """A key name safe to put in a log line or on a terminal: decoded leniently, control
+    and formatting characters escaped, and shortened when long."""
     text = raw.decode("utf-8", errors="backslashreplace")
-    if len(text) <= defaults.LOG_KEY_CHARS:
-        return text
-    return f"{text[: defaults.LOG_KEY_CHARS]}…({len(raw)} bytes)"
+    if len(text) > defaults.LOG_KEY_CHARS:
+        text = f"{text[: defaults.LOG_KEY_CHARS]}…({len(raw)} bytes)"
+    return _UNSAFE.sub(_escape, text)
+
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+"""Control characters, and the invisible ones that reorder or hide text on a terminal."""
+
+
+def _escape(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

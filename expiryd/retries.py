@@ -28,18 +28,38 @@ class Verdict(enum.Enum):
 TRANSIENT_MYSQL_ERRORS = frozenset(
     {
         1040,  # too many connections
+        1047,  # unknown command: a Galera node not ready during a failover
         1053,  # server shutdown in progress
+        1158,  # error reading from the network
+        1159,  # timeout reading from the network
+        1160,  # error writing to the network
+        1161,  # timeout writing to the network
         1205,  # lock wait timeout
         1213,  # deadlock
+        1290,  # --read-only: a primary demoted, or a replica not yet promoted
         1317,  # query interrupted
         1927,  # connection killed
+        1969,  # MariaDB max_statement_time exceeded
         2002,  # can't connect through socket
         2003,  # can't connect
         2006,  # server has gone away
         2013,  # lost connection during query
         2055,  # lost connection at reading
+        3024,  # MySQL max_execution_time exceeded
     }
 )
+
+SQLITE_PERMANENT = (
+    "no such table",
+    "no such column",
+    "no such function",
+    "syntax error",
+    "near ",
+    "incomplete input",
+    "table ",  # ... has no column named ...
+)
+"""How SQLite's OperationalError begins for a statement that will never succeed; its
+other operational errors (a locked database, a full disk) may pass."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +95,7 @@ def _classify_database_error(error: sa.DBAPIError) -> Verdict:
     code = error.orig.args[0] if error.orig is not None and error.orig.args else None
     if isinstance(code, int):
         return Verdict.RETRY if code in TRANSIENT_MYSQL_ERRORS else Verdict.DEAD
-    if isinstance(error, sa.OperationalError):  # e.g. SQLite's "database is locked"
-        return Verdict.RETRY
+    if isinstance(error, sa.OperationalError):
+        message = str(error.orig).lower()
+        return Verdict.DEAD if message.startswith(SQLITE_PERMANENT) else Verdict.RETRY
     return Verdict.DEAD

@@ -1,6 +1,11 @@
 """The worker: leases jobs from the queue, runs each one's handler, and settles it:
 acknowledged after the database commit, retried later, or dead-lettered. One
-`expiry.handled` line per attempt."""
+`expiry.handled` line per attempt.
+
+Each job is handled on its own: whatever goes wrong with one (a handler raising anything
+at all, a deadline that does not fit a date, a log line that cannot be written) becomes
+that job's outcome, and the rest of the batch is settled as usual.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +37,23 @@ _SETTLE = {
     Outcome.RETRY: "retry",
     Outcome.DEAD: "dead",
 }
+
+
+@dataclass
+class Ruling:
+    """What one attempt came to, and the log fields it adds."""
+
+    result: Result
+    fields: dict[str, Any] = field(default_factory=dict)
+    delay_ms: int = 0
+
+    @classmethod
+    def dead(cls, error: str) -> Ruling:
+        return cls(Result(Outcome.DEAD), {"error": error})
+
+    def settlement(self, job_id: str) -> Settlement:
+        action = _SETTLE[self.result.outcome]
+        return Settlement(job_id, action, self.delay_ms, self.fields.get("error", ""))
 
 
 class Worker:
@@ -83,31 +106,46 @@ class Worker:
     def _run_batch(self, jobs: list[Job]) -> None:
         self.in_hand = len(jobs)
         try:
-            settled = [self.handle(job) for job in jobs]
-            self.queue.settle(self._token, settled)
+            if any(job.lapses for job in jobs):
+                # A worker died with some of these in hand: settle each as it is done, so
+                # that a job which kills its worker takes no other job's progress with it.
+                for job in jobs:
+                    self.queue.settle(self._token, [self.handle(job)])
+                    self.in_hand -= 1
+            else:
+                self.queue.settle(self._token, [self.handle(job) for job in jobs])
         finally:
             self.in_hand = 0
 
     def handle(self, job: Job) -> Settlement:
         """Route and run one job; log one line; say what becomes of it."""
         started = time.perf_counter()
+        line: dict[str, Any] = {"key": display_key(job.key), "route": None, "handler": None}
+        try:
+            line.update(_timing(job))
+            ruling = self._attempt(job, line)
+        except Exception as exc:  # expiryd's own step failed: this job's outcome, not a crash
+            ruling = Ruling.dead(f"expiryd could not handle this job: {describe_error(exc)}")
+        self._log_line(line, ruling, started)
+        return ruling.settlement(job.id)
+
+    def _attempt(self, job: Job, line: dict[str, Any]) -> Ruling:
+        if job.lapses >= defaults.MAX_LAPSES:
+            return Ruling.dead(
+                f"its worker stopped {job.lapses} times while running it (killed or crashed)"
+            )
         key, reason = self._decode(job.key)
         match = match_route(self.routes, key) if key is not None else None
-        line: dict[str, Any] = {"key": display_key(job.key), "route": None, "handler": None}
-        line.update(_timing(job))
-        delay_ms = 0
         if match is None:
-            result, extra = Result(Outcome.UNROUTED), {"reason": reason or "no route matches"}
-        else:
-            result, extra, delay_ms = self._run(match, key or "", job)
-            line.update(route=match.route.name, handler=match.route.handler, **match.fields)
-        self._log_line(line, result, extra, started)
-        return Settlement(job.id, _SETTLE[result.outcome], delay_ms, extra.get("error", ""))
+            return Ruling(Result(Outcome.UNROUTED), {"reason": reason or "no route matches"})
+        line.update(match.fields)
+        line.update(route=match.route.name, handler=match.route.handler)
+        return self._run(match, key or "", job)
 
     def report_unqueued(self, raw_key: bytes, reason: str) -> None:
         """An expiry not worth queueing (its key is too long to route): one line, no job."""
         line = {"key": display_key(raw_key), "route": None, "handler": None}
-        self._log_line(line, Result(Outcome.UNROUTED), {"reason": reason}, time.perf_counter())
+        self._log_line(line, Ruling(Result(Outcome.UNROUTED), {"reason": reason}), None)
 
     def reason_unqueued(self, raw_key: bytes) -> str | None:
         if len(raw_key) > self.max_key_bytes:
@@ -123,12 +161,11 @@ class Worker:
         except UnicodeDecodeError:
             return None, "key is not valid UTF-8"
 
-    def _run(self, match: Match, key: str, job: Job) -> tuple[Result, dict[str, Any], int]:
-        """The result, the log fields it adds, and for a retry the delay in ms."""
+    def _run(self, match: Match, key: str, job: Job) -> Ruling:
         policy = match.route.retry
-        if job.attempt > policy.attempts:
-            error = f"attempts exhausted ({job.attempt - 1} of {policy.attempts} taken)"
-            return Result(Outcome.DEAD), {"error": error}, 0
+        attempt = job.attempt + 1
+        if attempt > policy.attempts:
+            return Ruling.dead(f"attempts exhausted ({job.attempt} of {policy.attempts} taken)")
         expiry = Expiry(
             key=key,
             route=match.route.name,
@@ -136,35 +173,41 @@ class Worker:
             value=job.value,
             deadline=_datetime(job.deadline_ms),
             id=job.id,
-            attempt=job.attempt,
+            attempt=attempt,
         )
         try:
-            return self.handlers[match.route.name](expiry), {}, 0
-        except Exception as exc:  # any handler failure is an outcome, not a crash
+            return Ruling(self.handlers[match.route.name](expiry))
+        except BaseException as exc:  # whatever a handler raises is its outcome
             error = describe_error(exc)
-            if classify(exc) is Verdict.RETRY and job.attempt < policy.attempts:
-                delay_ms = int(policy.delay(job.attempt) * 1000)
-                fields = {"error": error, "retry_in_s": round(delay_ms / 1000, 2)}
-                return Result(Outcome.RETRY), fields, delay_ms
-            return Result(Outcome.DEAD), {"error": error}, 0
+            if classify(exc) is Verdict.RETRY and attempt < policy.attempts:
+                delay_ms = int(policy.delay(attempt) * 1000)
+                return Ruling(
+                    Result(Outcome.RETRY),
+                    {"error": error, "retry_in_s": round(delay_ms / 1000, 2)},
+                    delay_ms,
+                )
+            return Ruling.dead(error)
 
-    def _log_line(
-        self, line: dict[str, Any], result: Result, extra: dict[str, Any], started: float
-    ) -> None:
+    def _log_line(self, line: dict[str, Any], ruling: Ruling, started: float | None) -> None:
+        outcome = ruling.result.outcome
         with self._lock:
-            self.counts[result.outcome] += 1
+            self.counts[outcome] += 1
         log = {
             Outcome.DEAD: self._log.error,
             Outcome.RETRY: self._log.warning,
-        }.get(result.outcome, self._log.info)
-        log(
-            "expiry.handled",
+        }.get(outcome, self._log.info)
+        duration = None if started is None else (time.perf_counter() - started) * 1000
+        fields = {
             **line,
-            outcome=result.outcome.value,
-            rows=result.rows,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            **extra,
-        )
+            "outcome": outcome.value,
+            "rows": ruling.result.rows,
+            "duration_ms": round(duration or 0.0, 3),
+            **ruling.fields,
+        }
+        try:
+            log("expiry.handled", **fields)
+        except Exception as exc:  # never lose the line: write what is sure to fit
+            log("expiry.handled", key=line["key"], outcome=outcome.value, log_error=str(exc))
 
 
 def _timing(job: Job) -> dict[str, Any]:
@@ -173,7 +216,7 @@ def _timing(job: Job) -> dict[str, Any]:
     late = None if job.deadline_ms is None else int(time.time() * 1000) - job.deadline_ms
     return {
         "expiry_id": job.id,
-        "attempt": job.attempt,
+        "attempt": job.attempt + 1,
         "deadline": deadline.isoformat(timespec="milliseconds") if deadline else None,
         "lateness_ms": late,
         "recovered": job.source.value == "recovery",
@@ -182,4 +225,10 @@ def _timing(job: Job) -> dict[str, Any]:
 
 
 def _datetime(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+    """The moment `ms` after the epoch, or None when there is none or no date holds it."""
+    if ms is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None

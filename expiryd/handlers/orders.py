@@ -3,6 +3,7 @@ a `from` status. An order paid meanwhile is left alone and the expiry counts as 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,14 +102,18 @@ def python_type(column: Column[Any]) -> type | None:
     return kind if kind in (int, str) else None
 
 
+_DIGITS = re.compile(r"-?[0-9]{1,19}")
+"""An integer as an order number is written: ASCII digits, no more than a BIGINT holds."""
+
+
 def coerce(value: int | str, kind: type | None) -> Any:
     """The value in the column's own type, so '0' and 0 compare as the column expects;
-    None when it cannot be (a non-numeric order number for an integer column)."""
+    None when it cannot be (a non-numeric order number for an integer column). Only plain
+    ASCII digits count as a number: not '٧', '1_000', '+7' or ' 7'."""
     if kind is int:
-        try:
-            return int(value)
-        except ValueError:
-            return None
+        if isinstance(value, int):
+            return value
+        return int(value) if _DIGITS.fullmatch(value) else None
     if kind is str:
         return str(value)
     return value

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from expiryd.expiry import Source
-from expiryd.ledger import Ledger
+from expiryd.ledger import Ledger, Op, Step
 from expiryd.queue import Job
 from tests.integration.conftest import KEYSPACE
 
@@ -51,10 +51,20 @@ def test_a_new_ttl_replaces_the_deadline_and_persist_removes_it(
     assert deadline_of(client, "k") is None
 
 
+def claim(ledger: Ledger, *keys: bytes, fresh_ms: int | None = None) -> list[str | None]:
+    """What `expired` events for `keys` queue, in one window: each job id, or None."""
+    replies = ledger.apply([Step(Op.CLAIM, key, fresh_ms=fresh_ms) for key in keys]).replies
+    return [str(reply) if reply else None for reply in replies]
+
+
+def forget(ledger: Ledger, *keys: bytes) -> None:
+    ledger.apply([Step(Op.FORGET, key) for key in keys])
+
+
 def test_forget_drops_deadline_and_value(client: redis.Redis, ledger: Ledger) -> None:
     client.set("k", "v", ex=100)
     ledger.record([b"k"])
-    ledger.forget([b"k"])
+    forget(ledger, b"k")
     assert deadline_of(client, "k") is None
     assert client.hget(KEYSPACE.values, "k") is None
 
@@ -71,32 +81,135 @@ def test_an_expiry_is_claimed_once_and_queued_with_its_value(
     ledger.record([b"k"])
     time.sleep(0.2)
     assert client.exists("k") == 0
-    queued = job(client, ledger.claim([b"k"])[0])
+    queued = job(client, claim(ledger, b"k")[0])
     assert queued.key == b"k"
     assert queued.source is Source.EVENT
     assert queued.value == b"v"
     assert queued.deadline_ms is not None and queued.deadline_ms <= now_ms(client)
     assert client.zscore(KEYSPACE.ready, queued.id) is not None
     assert client.hget(KEYSPACE.values, "k") is None
-    assert ledger.claim([b"k"])[0] is None
+    assert claim(ledger, b"k")[0] is None
 
 
 def test_an_unknown_key_is_claimed_once_without_a_deadline(
     client: redis.Redis, ledger: Ledger
 ) -> None:
-    queued = job(client, ledger.claim([b"never-seen"])[0])
+    queued = job(client, claim(ledger, b"never-seen")[0])
     assert queued.deadline_ms is None and queued.value is None
-    assert ledger.claim([b"never-seen"])[0] is None
+    assert claim(ledger, b"never-seen")[0] is None
 
 
-def test_a_key_set_again_after_its_claim_is_tracked_afresh(
+def test_a_key_set_again_after_its_claim_is_a_new_expiry(
     client: redis.Redis, ledger: Ledger
 ) -> None:
-    assert ledger.claim([b"k"])[0] is not None
+    first = claim(ledger, b"k")[0]
+    client.set("k", "v2", px=50)
+    ledger.record([b"k"])
+    time.sleep(0.1)
+    second = claim(ledger, b"k")[0]
+    assert first and second and first != second
+
+
+def test_a_stale_expired_event_leaves_the_new_incarnation_alone(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    """A lagging daemon's `expired` for an old incarnation, heard after the key was set
+    again: claimed once already, and the live deadline stays."""
+    client.set("k", "v", px=30)
+    ledger.record([b"k"])
+    time.sleep(0.1)
+    assert claim(ledger, b"k")[0] is not None
     client.set("k", "v2", ex=100)
     ledger.record([b"k"])
+    assert claim(ledger, b"k") == [None]
+    assert deadline_of(client, "k") is not None
+    assert client.zcard(KEYSPACE.ready) == 1
+
+
+def test_an_incarnation_over_before_it_was_recorded_is_not_taken_for_a_duplicate(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    """Claimed a moment ago, set again, and expired before this daemon recorded it: the
+    record finds it gone, and its expiry is new, in the same window or a later one."""
+    assert claim(ledger, b"k")[0] is not None
+    client.set("k", "v", px=1)
+    time.sleep(0.05)
+    applied = ledger.apply([Step(Op.RECORD, b"k"), Step(Op.CLAIM, b"k")])
+    assert applied.replies[0] == -2 and applied.replies[1] != 0
+    client.set("k", "v", px=1)
+    time.sleep(0.05)
+    recorded = ledger.apply([Step(Op.RECORD, b"k")])
+    assert claim(ledger, b"k", fresh_ms=recorded.now_ms)[0] is not None
+    assert claim(ledger, b"k", fresh_ms=recorded.now_ms) == [None]  # the same one again
+    assert client.zcard(KEYSPACE.ready) == 3
+
+
+def test_an_expiry_has_the_same_id_however_often_it_is_claimed(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    def claimed_id() -> str | None:
+        client.flushdb()
+        client.set("k", "v", pxat=4_102_444_800_000)  # 2100-01-01
+        ledger.record([b"k"])
+        client.pexpireat("k", 1)  # gone at once, the recorded deadline kept
+        client.zadd(KEYSPACE.deadlines, {"k": 1_700_000_000_000})
+        return claim(ledger, b"k")[0]
+
+    first, again = claimed_id(), claimed_id()
+    assert first == again and first is not None and len(first) == 32
+    unrecorded = {claim(ledger, f"u{n}".encode())[0] for n in range(3)}
+    assert len(unrecorded) == 3 and None not in unrecorded
+
+
+def test_a_deleted_key_found_gone_by_a_sweep_is_never_recovered(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    """DEL just before the deadline, its event applied after a sweep found the key gone."""
+    client.set("k", "v", px=30)
+    ledger.record([b"k"])
     client.delete("k")
-    assert ledger.claim([b"k"])[0] is not None
+    time.sleep(0.1)
+    assert ledger.sweep("me:").gone == 1
+    forget(ledger, b"k")
+    assert ledger.reconcile(now_ms(client)) == 0
+    assert client.zcard(KEYSPACE.ready) == 0
+
+
+def test_a_key_replaced_before_its_deadline_is_not_recovered_but_an_expired_one_is_claimed(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    for key in ("replaced", "expired-and-set-again"):
+        client.set(key, "v", px=30)
+    ledger.record([b"replaced", b"expired-and-set-again"])
+    time.sleep(0.1)
+    for key in ("replaced", "expired-and-set-again"):
+        client.set(key, "v2", ex=100)  # before the ledger heard of the new TTL
+    assert ledger.sweep("me:").gone == 2
+    assert deadline_of(client, "replaced") is not None
+    nudged = claim(ledger, b"expired-and-set-again")[0]
+    assert job(client, nudged).source is Source.NUDGE
+    assert ledger.reconcile(now_ms(client)) == 0
+    assert client.zcard(KEYSPACE.ready) == 1
+
+
+def test_one_window_of_mixed_events_is_applied_in_order(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    client.set("a", "v", px=30)
+    client.set("b", "v", ex=100)
+    time.sleep(0.1)
+    applied = ledger.apply(
+        [
+            Step(Op.RECORD, b"b"),
+            Step(Op.FORGET, b"b"),
+            Step(Op.RECORD, b"a"),
+            Step(Op.CLAIM, b"a"),
+            Step(Op.CLAIM, b"a"),
+        ]
+    )
+    assert applied.replies[:3] == [1, 0, -2]
+    assert applied.replies[3] != 0 and applied.replies[4] == 0
+    assert deadline_of(client, "b") is None
 
 
 def test_sweep_expires_due_keys_and_publishes_a_marker_after_their_events(
@@ -130,7 +243,7 @@ def test_an_announced_key_found_gone_is_claimed_as_a_nudge(
     ledger.record([b"k"])
     time.sleep(0.1)
     ledger.sweep("me:")
-    assert job(client, ledger.claim([b"k"])[0]).source is Source.NUDGE
+    assert job(client, claim(ledger, b"k")[0]).source is Source.NUDGE
     assert ledger.reconcile(now_ms(client)) == 0
 
 
@@ -143,7 +256,7 @@ def test_reconcile_recovers_keys_whose_expiry_nobody_claimed(
     time.sleep(0.1)
     ledger.sweep("me:")
     found_until = now_ms(client)
-    ledger.claim([b"k0"])
+    claim(ledger, b"k0")
     client.set("k1", "back", ex=100)
     assert ledger.reconcile(found_until, limit=2) == 3
     ready = [job(client, i.decode()) for i in client.zrange(KEYSPACE.ready, 0, -1)]
@@ -151,7 +264,7 @@ def test_reconcile_recovers_keys_whose_expiry_nobody_claimed(
     assert set(recovered) == {b"k2", b"k3", b"k4"}
     assert all(j.deadline_ms for j in recovered.values())
     assert recovered[b"k3"].value == b"v3"
-    assert ledger.claim([b"k3"])[0] is None
+    assert claim(ledger, b"k3")[0] is None
     assert client.zcard(KEYSPACE.gone) == 0
 
 
@@ -172,7 +285,7 @@ def test_claims_in_one_round_trip_keep_their_order_and_win_once(
     client.set("a", "va", px=20)
     ledger.record([b"a"])
     time.sleep(0.1)
-    first, second, again = ledger.claim([b"a", b"b", b"a"])
+    first, second, again = claim(ledger, b"a", b"b", b"a")
     assert again is None
     assert (job(client, first).key, job(client, second).key) == (b"a", b"b")
     assert job(client, first).value == b"va"

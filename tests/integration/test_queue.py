@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from expiryd.ledger import Ledger
+from expiryd.ledger import Ledger, Op, Step
 from expiryd.queue import JobQueue, Settlement
 from tests.integration.conftest import KEYSPACE
 
@@ -18,15 +18,15 @@ def queue(client: redis.Redis) -> JobQueue:
 
 
 def enqueue(client: redis.Redis, *keys: bytes) -> list[str]:
-    ids = Ledger(client, KEYSPACE).claim(list(keys))
-    assert all(ids)
-    return [i for i in ids if i]
+    replies = Ledger(client, KEYSPACE).apply([Step(Op.CLAIM, key) for key in keys]).replies
+    assert all(replies)
+    return [str(i) for i in replies]
 
 
 def test_a_job_is_leased_to_one_worker_at_a_time(client: redis.Redis, queue: JobQueue) -> None:
     enqueue(client, b"k1", b"k2")
     taken = queue.take(10, 30_000, "w1")
-    assert [(j.key, j.attempt) for j in taken] == [(b"k1", 1), (b"k2", 1)]
+    assert sorted((j.key, j.attempt) for j in taken) == [(b"k1", 0), (b"k2", 0)]
     assert queue.take(10, 30_000, "w2") == []
     assert queue.counts() == {"ready": 0, "leased": 2, "dead": 0}
 
@@ -48,7 +48,7 @@ def test_a_retry_waits_then_runs_again_with_the_next_attempt(
     assert queue.take(10, 30_000, "w1") == []
     time.sleep(0.25)
     (again,) = queue.take(10, 30_000, "w1")
-    assert (again.id, again.attempt, again.error) == (job_id, 2, "OperationalError: gone away")
+    assert (again.id, again.attempt, again.error) == (job_id, 1, "OperationalError: gone away")
 
 
 def test_a_lapsed_lease_is_handed_out_again_and_the_old_worker_cannot_settle(
@@ -59,7 +59,7 @@ def test_a_lapsed_lease_is_handed_out_again_and_the_old_worker_cannot_settle(
     time.sleep(0.1)
     assert queue.requeue_lapsed() == 1
     (again,) = queue.take(10, 30_000, "w2")
-    assert again.attempt == 2
+    assert (again.attempt, again.lapses) == (0, 1)  # a crash uses up no attempt
     assert queue.settle("w1", [Settlement(job_id, "ack")]) == 0
     assert queue.settle("w2", [Settlement(job_id, "ack")]) == 1
 
@@ -80,7 +80,18 @@ def test_dead_letters_can_be_listed_replayed_and_purged(
     assert dead[b"k1"].failed_ms is not None
     assert queue.replay([first]) == 1
     (replayed,) = queue.take(10, 30_000, "w1")
-    assert (replayed.id, replayed.attempt, replayed.error) == (first, 1, "")
+    assert (replayed.id, replayed.attempt, replayed.error) == (first, 0, "")
     assert queue.purge([second]) == 1
     assert queue.dead() == []
     assert client.exists(KEYSPACE.job(second)) == 0
+
+
+def test_replay_and_purge_work_in_chunks_over_many_dead_letters(
+    client: redis.Redis, queue: JobQueue
+) -> None:
+    ids = enqueue(client, *[f"k{n}".encode() for n in range(2500)])
+    queue.take(3000, 30_000, "w1")
+    queue.settle("w1", [Settlement(i, "dead", 0, "Permanent: no") for i in ids])
+    assert queue.replay(ids[:1200]) == 1200
+    assert queue.purge(ids[1200:]) == 1300
+    assert queue.counts() == {"ready": 1200, "leased": 0, "dead": 0}

@@ -68,6 +68,25 @@ def test_orders_statuses_may_be_strings() -> None:
         ('[database]\npool = "big"\n', r"\[database\] pool: must be one of 'none', 'queue'"),
         ('[database]\ntls = "maybe"\n', r"\[database\] tls: must be one of"),
         ("[orders]\ncancel = { from = [], to = 3 }\n", r"\[orders\] cancel: `from` must be"),
+        ("[orders]\ncancel = { from = [true], to = 3 }\n", r"\[orders\] cancel: `from` must be"),
+        ("[orders]\ncancel = { from = [0], to = false }\n", r"\[orders\] cancel to: must be"),
+        ("[redis]\nmax_value_bytes = 0\n", r"\[redis\] max_value_bytes: must be a number"),
+        (
+            '[redis]\nprefix = "order:"\n',
+            r"\[redis\] prefix: 'order:' is where expiryd keeps its own keys, and route "
+            r"'order:cancel:\{order_sn\}' matches",
+        ),
+        (
+            '[[routes]]\npattern = "expiryd:{x}"\nhandler = "sql"\nsql = "SELECT 1"\n',
+            r"\[redis\] prefix: 'expiryd:' is where",
+        ),
+        *[
+            (
+                f'[[routes]]\npattern = "a:{{{name}}}"\nhandler = "sql"\n',
+                rf"\{{{name}\}} is reserved for the log line",
+            )
+            for name in ("self", "method_name", "retry_in_s", "event", "key", "exception")
+        ],
         ("[orders]\ncancel = { form = [0], to = 3 }\n", r"\[orders\] cancel form: unknown"),
         ('[orders]\ntable = ""\n', r"\[orders\] table: must be a table or column name"),
         ("routes = []\n", r"\[\[routes\]\]: must be one or more"),
@@ -85,7 +104,30 @@ def test_config_errors_name_file_setting_and_problem(text: str, message: str) ->
         parse(text)
 
 
-def test_url_errors_never_show_the_password() -> None:
+@pytest.mark.parametrize(
+    "url", ["redis://u:hunter2@h:notaport/0", "redis://:hunter2/x@h/0", "redis://:hun#ter2@h/0"]
+)
+def test_url_errors_never_show_the_password(url: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        parse('[redis]\nurl = "redis://u:hunter2@h:notaport/0"\n')
-    assert "hunter2" not in str(caught.value)
+        parse(f'[redis]\nurl = "{url}"\n')
+    assert "hunter" not in str(caught.value) and "ter2" not in str(caught.value)
+
+
+def test_settings_reprs_never_show_the_password() -> None:
+    loaded = parse(
+        '[redis]\nurl = "redis://:pw-redis-1@h/0"\n'
+        '[database]\nurl = "mysql+pymysql://u:pw-db-1@h/shop"\n'
+    )
+    assert "pw-redis-1" not in repr(loaded) and "pw-db-1" not in repr(loaded)
+
+
+def test_systemd_credentials_give_the_urls_and_the_environment_wins(tmp_path: Path) -> None:
+    (tmp_path / "redis_url").write_text("redis://:from-credential@h:1/3\n")
+    (tmp_path / "database_url").write_text("sqlite:///from-credential.sqlite3")
+    loaded = parse(
+        '[redis]\nurl = "redis://file:1/2"\n',
+        {"CREDENTIALS_DIRECTORY": str(tmp_path), "EXPIRYD_DATABASE_URL": "sqlite:///env"},
+    )
+    assert loaded.redis.url == "redis://:from-credential@h:1/3"
+    assert loaded.database.url == "sqlite:///env"
+    assert parse("", {"CREDENTIALS_DIRECTORY": str(tmp_path / "none")}).redis.url.endswith("/15")

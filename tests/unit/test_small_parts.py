@@ -4,8 +4,11 @@ from expiryd.backoff import backoff_delay
 from expiryd.connections import missing_flags
 from expiryd.durations import parse_duration
 from expiryd.handlers.callables import to_result
-from expiryd.logs import display_key, redact_url
+from expiryd.handlers.orders import coerce
+from expiryd.logs import display_key
 from expiryd.outcomes import Outcome, Result
+from expiryd.queue import read_ms
+from expiryd.redact import redact_url, url_passwords
 
 
 @pytest.mark.parametrize(
@@ -48,6 +51,56 @@ def test_missing_notify_flags(current: str, missing: str) -> None:
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql+pymysql://shop:pa/ss@db/shop",
+        "mysql+pymysql://shop:p#ss@db:3306/shop",
+        "mysql+pymysql://shop:p?ss@db/shop",
+        "mysql+pymysql://shop:pw@ss@db/shop",
+        "mysql+pymysql://shop:50%25off@db/shop",
+        "mysql+pymysql://shop:a%2Fb%23c%3Fd%40e%25f@db/shop",
+        "mysql+pymysql://shop@db/shop?charset=utf8mb4&password=s3cret-q",
+        "redis://:pa%2Fss@127.0.0.1:6379/15",
+        "redis://user:p%23s%3Fs%40w%25d@h:1/2",
+        "redis://127.0.0.1:6379/3?password=s3cret-q",
+        "rediss://u:s3cret-pw@h:6380/0",
+        "unix://:s3cret-pw@/run/redis.sock?db=15",
+    ],
+)
+def test_no_password_the_parsers_see_survives_redaction(url: str) -> None:
+    shown = redact_url(url)
+    secrets = url_passwords(url)
+    assert secrets, "the parsers found no password: the test proves nothing"
+    assert not any(secret in shown for secret in secrets), shown
+    assert "***" in shown
+
+
+def test_display_key_escapes_control_and_invisible_characters() -> None:
+    assert display_key(b"a\x1b[31mb\ncd\x00") == "a\\x1b[31mb\\x0acd\\x00"
+    assert display_key("order:\u202eSN1".encode()) == "order:\\u202eSN1"
+    assert display_key("订单🙂".encode()) == "订单🙂"
+
+
+@pytest.mark.parametrize("text", ["٧", "1_000", "+7", " 7\n", "7 ", "0x7", "1" * 20, ""])
+def test_only_plain_ascii_digits_count_as_an_integer_order_number(text: str) -> None:
+    assert coerce(text, int) is None
+
+
+def test_plain_digits_are_an_integer_order_number() -> None:
+    assert coerce("0042", int) == 42
+    assert coerce("-3", int) == -3
+    assert coerce("SN1", str) == "SN1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [(b"1735000000000", 1735000000000), (b"1.735e+12", 1735000000000), ("42", 42), (b"", None)],
+)
+def test_scores_are_read_in_any_format_redis_writes(raw: bytes | str, value: int | None) -> None:
+    assert read_ms(raw) == value
 
 
 def test_display_key_is_lenient_and_short() -> None:

@@ -1,0 +1,89 @@
+-- A window of keyspace events, applied in the order Redis published them.
+-- KEYS: deadlines, gone, gone_deadlines, values, claimed, ready
+-- ARGV: job prefix, capture ('1'/'0'), max value bytes, keep claims ms, then the events:
+--   'r', key                  record: the key got a TTL (expire, rename_to, restore, ...)
+--   'f', key                  forget: the key left without expiring (del, persist, ...)
+--   'c', key, fresh_ms, id    claim: the key expired. fresh_ms (or '') is when this daemon
+--                             found a newer incarnation already over; id is a random id
+--                             for an expiry whose deadline nobody recorded.
+-- Returns {now, oversize values, one reply per event}: record 1 (recorded), 0 (no TTL)
+-- or -2 (already gone); forget 0; claim the job id, or 0 when it was claimed before.
+local deadlines, gone, gone_deadlines, values, claimed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local q = {ready = KEYS[6], job_prefix = ARGV[1]}
+local capture, max_value = ARGV[2] == '1', tonumber(ARGV[3])
+local oversize = 0
+local over_when_recorded = {}
+
+local function capture_value(key)
+  if redis.call('TYPE', key)['ok'] == 'string' then
+    if redis.call('STRLEN', key) <= max_value then
+      redis.call('HSET', values, key, redis.call('GET', key))
+      return
+    end
+    oversize = oversize + 1
+  end
+  redis.call('HDEL', values, key)
+end
+
+local function record(key)
+  local ttl = redis.call('PTTL', key)
+  if ttl >= 0 then
+    redis.call('ZADD', deadlines, ms(now + ttl), key)
+    if capture then capture_value(key) end
+    return 1
+  end
+  -- No TTL, or already gone: the incarnation recorded before was replaced by this one.
+  redis.call('ZREM', deadlines, key)
+  redis.call('HDEL', values, key)
+  if ttl == -2 then over_when_recorded[key] = true end
+  return ttl == -2 and -2 or 0
+end
+
+local function forget(key)
+  redis.call('ZREM', deadlines, key)
+  redis.call('ZREM', gone, key)
+  redis.call('HDEL', gone_deadlines, key)
+  redis.call('HDEL', values, key)
+  return 0
+end
+
+-- Which incarnation an `expired` event is for: the recorded deadline if it has passed
+-- (a later deadline belongs to a newer incarnation: the event is stale), else the one a
+-- sweep found gone, else one nobody recorded, unless that was claimed already.
+local function claim(key, fresh, random_id)
+  local deadline, source = tonumber(redis.call('ZSCORE', deadlines, key)), 'event'
+  if deadline and deadline <= now + 1 then
+    redis.call('ZREM', deadlines, key)
+  else
+    deadline = tonumber(redis.call('HGET', gone_deadlines, key))
+    if deadline then
+      source = 'nudge'
+      redis.call('ZREM', gone, key)
+      redis.call('HDEL', gone_deadlines, key)
+    else
+      if over_when_recorded[key] then fresh = now end
+      local last = tonumber(redis.call('ZSCORE', claimed, key))
+      if last and (not fresh or last >= fresh) then return 0 end
+    end
+  end
+  local value = redis.call('HGET', values, key)
+  redis.call('HDEL', values, key)
+  redis.call('ZADD', claimed, ms(now), key)
+  return enqueue(q, job_id(key, deadline, random_id), key, source, deadline, value)
+end
+
+local replies = {now, 0}
+local i = 5
+while i <= #ARGV do
+  local op, key = ARGV[i], ARGV[i + 1]
+  if op == 'c' then
+    table.insert(replies, claim(key, tonumber(ARGV[i + 2]), ARGV[i + 3]))
+    i = i + 4
+  else
+    table.insert(replies, op == 'r' and record(key) or forget(key))
+    i = i + 2
+  end
+end
+redis.call('ZREMRANGEBYSCORE', claimed, '-inf', ms(now - tonumber(ARGV[4])))
+replies[2] = oversize
+return replies

@@ -1,0 +1,24 @@
+-- Run when the listener receives this daemon's sweep marker: every `expired` and `del`
+-- event published before it has been applied, so an incarnation still in `gone` then
+-- expired while nobody listened, and is claimed as recovered. One that lives on with a
+-- newer deadline was replaced, not expired, and is dropped.
+-- KEYS: deadlines, gone, gone_deadlines, values, claimed, ready
+-- ARGV: job prefix, found until (ms), limit
+local deadlines, gone, gone_deadlines, values, claimed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local q = {ready = KEYS[6], job_prefix = ARGV[1]}
+local keys = redis.call('ZRANGEBYSCORE', gone, '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local recovered = 0
+for _, key in ipairs(keys) do
+  local deadline = tonumber(redis.call('HGET', gone_deadlines, key))
+  redis.call('ZREM', gone, key)
+  redis.call('HDEL', gone_deadlines, key)
+  if deadline and not redis.call('ZSCORE', deadlines, key) and redis.call('EXISTS', key) == 0 then
+    local value = redis.call('HGET', values, key)
+    redis.call('HDEL', values, key)
+    redis.call('ZADD', claimed, ms(now), key)
+    if enqueue(q, job_id(key, deadline), key, 'recovery', deadline, value) ~= 0 then
+      recovered = recovered + 1
+    end
+  end
+end
+return {#keys, recovered}

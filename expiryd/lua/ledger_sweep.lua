@@ -1,0 +1,33 @@
+-- Read the PTTL of every key whose deadline has passed: reading an expired key makes
+-- Redis expire it and publish `expired` now (the nudge). A recorded incarnation that is
+-- over (the key is gone, or lives on with a later deadline) moves to `gone`; a marker
+-- published after the events this caused tells the listener when to reconcile.
+-- KEYS: deadlines, gone, gone_deadlines, values   ARGV: limit, channel, marker prefix
+local deadlines, gone, gone_deadlines, values = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', ms(now), 'WITHSCORES', 'LIMIT', 0, ARGV[1])
+local moved = 0
+for i = 1, #due, 2 do
+  local key, deadline = due[i], tonumber(due[i + 1])
+  local ttl = redis.call('PTTL', key)
+  -- A script sees the clock as it was when it started, so a key due by TIME may still
+  -- have a few ms to live here: the same incarnation, which the next sweep finds gone.
+  if ttl >= 0 and now + ttl <= deadline + 2 then
+    -- leave it
+  elseif ttl == -1 then
+    redis.call('ZREM', deadlines, key)
+    redis.call('HDEL', values, key)
+  else
+    redis.call('ZADD', gone, ms(now), key)
+    redis.call('HSET', gone_deadlines, key, ms(deadline))
+    if ttl >= 0 then
+      redis.call('ZADD', deadlines, ms(now + ttl), key)
+    else
+      redis.call('ZREM', deadlines, key)
+    end
+    moved = moved + 1
+  end
+end
+if redis.call('ZCARD', gone) > 0 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3] .. ms(now))
+end
+return {#due / 2, moved}

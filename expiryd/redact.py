@@ -1,0 +1,62 @@
+"""Keeping passwords out of everything expiryd prints.
+
+A URL is shown with everything between `://` and the last `@` reduced to the user name,
+and with password-like query parameters masked, which hides at least what the parsers
+that read it (SQLAlchemy's `make_url`, redis-py's `parse_url`) take for the password,
+even when it holds `/`, `#`, `?`, `@` or `%`. Every password a configured URL carries is
+also remembered, so that an error message that repeats one (a driver echoing a URL, say)
+is scrubbed before it is printed.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+from redis.connection import parse_url as parse_redis_url
+from sqlalchemy.engine import make_url
+
+MASK = "***"
+_SECRET_QUERY = re.compile(r"(?i)([?&][a-z_]*(?:pass|pwd|secret|token)[a-z_]*=)[^&#]*")
+_MASKED_VALUE = rf"\1{MASK}"
+_known: set[str] = set()
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    scheme, separator, rest = url.partition("://")
+    userinfo, at, location = rest.rpartition("@")
+    if separator and at and ":" in userinfo:
+        url = f"{scheme}://{userinfo.split(':', 1)[0]}:{MASK}@{location}"
+    return scrub(_SECRET_QUERY.sub(_MASKED_VALUE, url))
+
+
+def remember(url: str) -> None:
+    """Note the passwords `url` carries, as its parser reads them, to scrub them later."""
+    _known.update(secret for secret in url_passwords(url) if len(secret) >= 4)
+
+
+def url_passwords(url: str) -> set[str]:
+    """Every password the parser of this kind of URL finds in it, as given and decoded."""
+    found: set[str | None] = set()
+    try:
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            found.add(parse_redis_url(url).get("password"))
+        else:
+            parsed = make_url(url)
+            found.add(parsed.password if isinstance(parsed.password, str) else None)
+            found.update(str(v) for k, v in parsed.query.items() if _SECRET_QUERY.search(f"?{k}="))
+    except Exception:  # an unparseable URL: only the masking above applies
+        pass
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    if ":" in userinfo:
+        found.add(userinfo.split(":", 1)[1])
+    return {s for secret in found if secret for s in (secret, unquote(secret))}
+
+
+def scrub(text: str) -> str:
+    """`text` with every remembered password replaced by ***."""
+    for secret in _known:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
