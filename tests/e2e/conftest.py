@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from tests.support.servers import RedisServer
 from tests.support.shop import ORDER_ROUTES
 
 REPO = Path(__file__).parents[2]
-
+SETTLE_SECONDS = 30
 
 StartDaemon = Callable[..., DaemonProcess]
 
@@ -25,8 +26,12 @@ def write_config(
 
 
 @pytest.fixture
-def start_daemon(tmp_path: Path, redis_db: RedisServer) -> Iterator[StartDaemon]:
-    """Start `expiryd run` on a config; every daemon still running at the end is stopped."""
+def start_daemon(
+    tmp_path: Path, redis_db: RedisServer, request: pytest.FixtureRequest
+) -> Iterator[StartDaemon]:
+    """Start `expiryd run` on a config. At the end of the test, the job queue must be
+    settled (nothing ready or leased) and the dead letters as many as the test's
+    `dead_letters` mark says (none without one); then every daemon is stopped."""
     started: list[DaemonProcess] = []
 
     def start(
@@ -45,5 +50,29 @@ def start_daemon(tmp_path: Path, redis_db: RedisServer) -> Iterator[StartDaemon]
         return daemon
 
     yield start
-    for daemon in started:
-        daemon.stop()
+    try:
+        if started and redis_db.process is not None:
+            assert_queue_settled(redis_db, started, _expected_dead(request))
+    finally:
+        for daemon in started:
+            daemon.stop()
+
+
+def _expected_dead(request: pytest.FixtureRequest) -> int:
+    mark = request.node.get_closest_marker("dead_letters")
+    return int(mark.args[0]) if mark else 0
+
+
+def assert_queue_settled(redis_db: RedisServer, daemons: list[DaemonProcess], dead: int) -> None:
+    client = redis_db.client()
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        ready, leased = client.zcard("expiryd:jobs:ready"), client.zcard("expiryd:jobs:leases")
+        if ready == leased == 0 or not any(d.running for d in daemons):
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    counts = (ready, leased, client.zcard("expiryd:jobs:dead"))
+    tail = daemons[-1].output() if daemons else ""
+    assert counts == (0, 0, dead), f"queue at the end (ready, leased, dead): {counts}\n{tail}"

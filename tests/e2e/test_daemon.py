@@ -159,6 +159,7 @@ def test_keys_of_other_shapes_are_unrouted_and_the_daemon_keeps_going(
     assert not any(line["key"].startswith("expiryd:") for line in lines)
 
 
+@pytest.mark.dead_letters(1)
 def test_a_failing_handler_is_retried_then_dead_lettered_and_the_daemon_keeps_going(
     mysql_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:

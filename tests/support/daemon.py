@@ -69,7 +69,7 @@ class DaemonProcess:
         config_args = ["--config", str(config)] if config else []
         self.lines: list[Line] = []
         self.raw: list[str] = []
-        self.stderr = ""
+        self.errors: list[str] = []
         self.process = subprocess.Popen(
             expiryd_command("run", *config_args, "--log-format", "json", *extra_args),
             cwd=cwd or (config.parent if config else None),
@@ -80,12 +80,26 @@ class DaemonProcess:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        self._error_reader = threading.Thread(target=self._read_errors, daemon=True)
+        self._error_reader.start()
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.errors)
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for raw in self.process.stdout:
             self.raw.append(raw)
-            self.lines.append(json.loads(raw))
+            try:
+                self.lines.append(json.loads(raw))
+            except ValueError:
+                self.lines.append({"event": "(not json)", "raw": raw})
+
+    def _read_errors(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            self.errors.append(raw)
 
     def events(self, name: str) -> list[Line]:
         return [line for line in list(self.lines) if line["event"] == name]
@@ -112,17 +126,30 @@ class DaemonProcess:
         self.wait_for_event("listener.subscribed", count)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        assert self.process.stderr is not None and self.process.stdout is not None
-        if self.process.stderr.closed:
-            return int(self.process.returncode)
+        """Signal the daemon and wait for it; one that outlives `timeout` is killed and
+        the test fails, with its output."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        code = self.process.wait(timeout)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(
+                f"expiryd did not stop within {timeout}s: {self.output()}"
+            ) from None
         self._reader.join(5)
-        self.stderr = self.process.stderr.read()
-        self.process.stderr.close()
-        self.process.stdout.close()
+        self._error_reader.join(5)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
         return code
 
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
     def output(self) -> str:
-        return "".join(self.raw[-30:])[-4000:]
+        """The end of what the daemon wrote, stdout and stderr, for failure messages."""
+        out = "".join(self.raw[-30:])[-4000:]
+        return f"{out}\n--- stderr:\n{self.stderr[-3000:]}"

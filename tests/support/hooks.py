@@ -1,15 +1,18 @@
 """Callable handlers that the tests route keys to."""
 
+from __future__ import annotations
+
 import json
 import os
+import time
+from functools import cache
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
 
 from expiryd.expiry import Expiry
 
-seen: list[Expiry] = []
-
-
-def remember(expiry: Expiry) -> None:
-    seen.append(expiry)
+CALLS_TABLE = "CREATE TABLE calls (key_name VARCHAR(200), expiry_id VARCHAR(64), attempt INTEGER)"
 
 
 def explode(expiry: Expiry) -> None:
@@ -21,7 +24,63 @@ def accept(expiry: Expiry) -> None:
 
 
 def save_value(expiry: Expiry) -> None:
-    """Appends the key and the value it received to the file named by $HOOK_OUT."""
+    """Appends the key, value, id, attempt and deadline it received to $HOOK_OUT."""
     with open(os.environ["HOOK_OUT"], "a") as out:
         value = expiry.value.decode() if expiry.value is not None else None
-        out.write(json.dumps({"key": expiry.key, "value": value}) + "\n")
+        deadline = expiry.deadline.isoformat() if expiry.deadline else None
+        fields = {"key": expiry.key, "value": value, "id": expiry.id}
+        out.write(json.dumps({**fields, "attempt": expiry.attempt, "deadline": deadline}) + "\n")
+
+
+@cache
+def _engine() -> Engine:
+    return create_engine(os.environ["HOOK_DATABASE_URL"], poolclass=NullPool)
+
+
+def record_call(expiry: Expiry) -> None:
+    """One row per call, committed: a second run shows even where a status guard hides it."""
+    with _engine().begin() as connection:
+        connection.execute(
+            text("INSERT INTO calls (key_name, expiry_id, attempt) VALUES (:k, :i, :a)"),
+            {"k": expiry.key, "i": expiry.id, "a": expiry.attempt},
+        )
+
+
+def cancel_and_record(expiry: Expiry) -> int:
+    """orders.cancel's UPDATE plus one row per call, in one transaction: a second run
+    shows as a second row even where the status guard makes it change nothing."""
+    with _engine().begin() as connection:
+        changed = connection.execute(
+            text("UPDATE orders SET status = 3 WHERE order_sn = :sn AND status = 0"),
+            {"sn": expiry.fields["order_sn"]},
+        ).rowcount
+        connection.execute(
+            text("INSERT INTO calls (key_name, expiry_id, attempt) VALUES (:k, :i, :a)"),
+            {"k": expiry.key, "i": expiry.id, "a": expiry.attempt},
+        )
+    return int(changed)
+
+
+def record_call_slowly(expiry: Expiry) -> None:
+    """Takes $HOOK_SLEEP seconds before recording its call."""
+    time.sleep(float(os.environ.get("HOOK_SLEEP", "5")))
+    record_call(expiry)
+
+
+def fail_once_then_record(expiry: Expiry) -> None:
+    if expiry.attempt == 1:
+        raise ConnectionError("the shop's service is down")
+    record_call(expiry)
+
+
+def raise_named(expiry: Expiry) -> None:
+    """Raises what the key names, e.g. `raise:SystemExit`: the worker must survive it."""
+    import asyncio
+
+    kinds: dict[str, type[BaseException]] = {
+        "SystemExit": SystemExit,
+        "KeyboardInterrupt": KeyboardInterrupt,
+        "CancelledError": asyncio.CancelledError,
+        "GeneratorExit": GeneratorExit,
+    }
+    raise kinds[expiry.fields["kind"]]()

@@ -89,7 +89,24 @@ def execute(url: str, sql: str) -> None:
 
 
 def add_audit(url: str) -> None:
-    """One audit row per order whose status really changed: "exactly once" read from MySQL."""
+    """One audit row per order whose status really changed: "exactly once" read from the
+    database (MariaDB or SQLite)."""
+    if url.startswith("sqlite"):
+        execute(
+            url,
+            "CREATE TABLE order_audit (id INTEGER PRIMARY KEY,"
+            " order_sn VARCHAR(64) NOT NULL, old_status INTEGER, new_status INTEGER)",
+        )
+        execute(
+            url,
+            """CREATE TRIGGER orders_audit AFTER UPDATE ON orders FOR EACH ROW
+            WHEN OLD.status IS NOT NEW.status
+            BEGIN
+              INSERT INTO order_audit (order_sn, old_status, new_status)
+              VALUES (NEW.order_sn, OLD.status, NEW.status);
+            END""",
+        )
+        return
     execute(
         url,
         "CREATE TABLE order_audit (id INTEGER AUTO_INCREMENT PRIMARY KEY,"
@@ -110,3 +127,18 @@ def add_audit(url: str) -> None:
 def audit(url: str) -> list[str]:
     """The order numbers of every status change, one entry per change."""
     return [str(row[0]) for row in rows(url, "SELECT order_sn FROM order_audit")]
+
+
+def add_calls(url: str) -> None:
+    """The table `hooks.record_call` writes one row per handler call into."""
+    from tests.support.hooks import CALLS_TABLE
+
+    execute(url, CALLS_TABLE)
+
+
+def calls(url: str) -> list[tuple[str, str, int]]:
+    """(key, expiry id, attempt) of every recorded handler call."""
+    return [
+        (str(k), str(i), int(a))  # type: ignore[call-overload]
+        for k, i, a in rows(url, "SELECT key_name, expiry_id, attempt FROM calls")
+    ]

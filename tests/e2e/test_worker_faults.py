@@ -1,0 +1,174 @@
+"""The worker under faults: handlers that raise anything, jobs that cannot be parsed, a
+daemon killed with a job in hand, a stop that outlasts the grace, a thread that dies."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import StartDaemon
+from tests.support.daemon import setex
+from tests.support.servers import RedisServer
+from tests.support.shop import add_calls, calls
+
+RAISE = '[[routes]]\npattern = "raise:{kind}"\nhandler = "tests.support.hooks:raise_named"\n'
+ACCEPT = '[[routes]]\npattern = "t:{n}"\nhandler = "tests.support.hooks:accept"\n'
+SLOW = '[[routes]]\npattern = "slow:{n}"\nhandler = "tests.support.hooks:record_call_slowly"\n'
+
+
+@pytest.mark.dead_letters(4)
+def test_a_handler_raising_systemexit_or_the_like_is_an_outcome_not_a_dead_worker(
+    sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    body = "[retry]\nattempts = 1\n" + RAISE + ACCEPT
+    daemon = start_daemon(sqlite_url, body)
+    client = redis_db.client()
+    for kind in ("SystemExit", "KeyboardInterrupt", "CancelledError", "GeneratorExit"):
+        setex(client, f"raise:{kind}", 1)
+    time.sleep(1.5)
+    setex(client, "t:after", 1)
+
+    lines = daemon.wait_for_event("expiry.handled", 5, timeout=20)
+    outcomes = {line["key"]: line["outcome"] for line in lines}
+    assert outcomes.pop("t:after") == "applied"
+    assert set(outcomes.values()) == {"dead"}
+    assert daemon.running and not daemon.events("thread.died")
+
+
+def test_a_thread_that_ends_takes_the_daemon_down_with_a_traceback_in_json(
+    sqlite_url: str, start_daemon: StartDaemon
+) -> None:
+    body = '[[routes]]\npattern = "t:{n}"\nhandler = "tests.support.sabotage:accept"\n'
+    daemon = start_daemon(sqlite_url, body, wait=False)
+    daemon.wait_for(lambda: not daemon.running, 20, "the daemon to exit")
+    assert daemon.stop() == 70
+    (died,) = daemon.events("thread.died")
+    assert died["thread"] == "sweeper" and died["level"] == "critical"
+    assert "Traceback" in died["exception"] and "sabotaged" in died["exception"]
+    assert "Traceback" not in daemon.stderr
+
+
+def test_jobs_redis_wrote_in_any_number_format_are_handled_and_settled(
+    sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    """Deadlines as Redis >= 7.2 formats some scores, and past the year 9999."""
+    client = redis_db.client()
+    for job_id, deadline in (("a" * 32, "1.735e+12"), ("b" * 32, "300000000000000")):
+        client.hset(
+            f"expiryd:job:{job_id}",
+            mapping={"key": f"t:{job_id[0]}", "source": "event", "enqueued": "1.7e+12",
+                     "attempt": "0", "deadline": deadline},
+        )  # fmt: skip
+        client.zadd("expiryd:jobs:ready", {job_id: 0})
+    daemon = start_daemon(sqlite_url, ACCEPT)
+
+    lines = {line["key"]: line for line in daemon.wait_for_event("expiry.handled", 2)}
+    assert lines["t:a"]["deadline"] == "2024-12-24T00:26:40.000+00:00"
+    assert lines["t:b"]["deadline"] is None and lines["t:b"]["outcome"] == "applied"
+
+
+def test_a_daemon_killed_with_a_job_in_hand_uses_up_no_attempt(
+    sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    """With attempts = 1, the job of a killed worker is handed out again when its lease
+    lapses (observed), and runs to completion once."""
+    add_calls(sqlite_url)
+    body = "[worker]\nlease_seconds = 2\n[retry]\nattempts = 1\n" + SLOW
+    env = {"HOOK_DATABASE_URL": sqlite_url, "HOOK_SLEEP": "3"}
+    first = start_daemon(sqlite_url, body, env=env)
+    setex(redis_db.client(), "slow:1", 1)
+    first.wait_for(lambda: redis_db.client().zcard("expiryd:jobs:leases") == 1, 10, "a lease")
+    first.stop(signal.SIGKILL)
+
+    second = start_daemon(sqlite_url, body, env={**env, "HOOK_SLEEP": "0"})
+    (line,) = second.wait_for_event("expiry.handled", timeout=20)
+    assert second.events("jobs.requeued")
+    assert (line["outcome"], line["attempt"]) == ("applied", 1)
+    time.sleep(3)
+    assert [(key, attempt) for key, _, attempt in calls(sqlite_url)] == [("slow:1", 1)]
+
+
+def test_a_pending_retry_survives_a_restart_and_runs_as_the_next_attempt(
+    sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    add_calls(sqlite_url)
+    body = (
+        "[retry]\nbase_seconds = 4\ncap_seconds = 4\n"
+        '[[routes]]\npattern = "once:{n}"\nhandler = "tests.support.hooks:fail_once_then_record"\n'
+    )
+    env = {"HOOK_DATABASE_URL": sqlite_url}
+    first = start_daemon(sqlite_url, body, env=env)
+    setex(redis_db.client(), "once:1", 1)
+    (retry,) = first.wait_for_event("expiry.handled", timeout=15)
+    assert retry["outcome"] == "retry"
+    first.stop()
+
+    second = start_daemon(sqlite_url, body, env=env)
+    (line,) = second.wait_for_event("expiry.handled", timeout=20)
+    assert (line["outcome"], line["attempt"], line["expiry_id"]) == (
+        "applied", 2, retry["expiry_id"],
+    )  # fmt: skip
+    assert calls(sqlite_url) == [("once:1", retry["expiry_id"], 2)]
+
+
+def test_a_custom_handler_receives_the_id_attempt_and_deadline(
+    sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    out = tmp_path / "received.jsonl"
+    body = '[[routes]]\npattern = "hook:{name}"\nhandler = "tests.support.hooks:save_value"\n'
+    daemon = start_daemon(sqlite_url, body, env={"HOOK_OUT": str(out)})
+    setex(redis_db.client(), "hook:a", 1)
+    (line,) = daemon.wait_for_event("expiry.handled", timeout=15)
+    received = json.loads(out.read_text())
+    assert received["id"] == line["expiry_id"] and len(received["id"]) == 32
+    assert received["attempt"] == 1
+    assert datetime.fromisoformat(received["deadline"]) == datetime.fromisoformat(line["deadline"])
+
+
+def test_a_stop_that_outlasts_the_grace_ends_within_it(
+    sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    add_calls(sqlite_url)
+    body = "[worker]\ngrace_seconds = 2\nlease_seconds = 30\n" + SLOW
+    env = {"HOOK_DATABASE_URL": sqlite_url, "HOOK_SLEEP": "20"}
+    daemon = start_daemon(sqlite_url, body, env=env)
+    setex(redis_db.client(), "slow:1", 1)
+    daemon.wait_for(lambda: redis_db.client().zcard("expiryd:jobs:leases") == 1, 10, "a lease")
+    asked = time.monotonic()
+    assert daemon.stop(signal.SIGTERM, timeout=10) == 0
+    assert time.monotonic() - asked < 4
+    assert daemon.events("expiryd.stopped")[0]["unfinished"] == 1
+    redis_db.client().delete("expiryd:jobs:leases", "expiryd:jobs:ready")  # left on purpose
+
+
+def test_the_unit_gives_the_daemon_more_time_to_stop_than_its_grace() -> None:
+    from expiryd import defaults
+
+    unit = (Path(__file__).parents[2] / "systemd" / "expiryd.service").read_text()
+    (timeout,) = [line for line in unit.splitlines() if line.startswith("TimeoutStopSec=")]
+    assert int(timeout.split("=")[1].rstrip("s")) >= defaults.GRACE_SECONDS + 10
+
+
+def test_orders_whose_number_is_not_plain_digits_are_skipped_on_an_integer_column(
+    sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    from sqlalchemy import text
+
+    from tests.support.shop import engine_for
+
+    engine = engine_for(sqlite_url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE orders (order_sn INTEGER, status INTEGER)"))
+        connection.execute(text("INSERT INTO orders VALUES (7, 0), (1000, 0)"))
+    engine.dispose()
+    daemon = start_daemon(sqlite_url)
+    client = redis_db.client()
+    for number in ("٧", "1_000", "+7"):
+        setex(client, f"order:cancel:{number}", 1)
+    lines = daemon.wait_for_event("expiry.handled", 3, timeout=15)
+    assert {line["outcome"] for line in lines} == {"skipped"}
