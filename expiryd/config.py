@@ -17,7 +17,7 @@ import redis
 
 from expiryd import defaults
 from expiryd.errors import ConfigError
-from expiryd.redact import redact_url, remember
+from expiryd.redact import password_misread, redact_url, remember
 from expiryd.retries import RetryPolicy
 from expiryd.routes import Pattern, PatternError, Route
 
@@ -159,6 +159,12 @@ def _url(
     so that no message ever shows its password."""
     url = found.get(env_name) or found.get(credential) or section.get("url", str, default)
     remember(url)
+    if password_misread(url):
+        raise section.fail(
+            "url",
+            f"{redact_url(url)!r}: the password holds a character that ends it early; "
+            "write @ as %40, # as %23, / as %2F, ? as %3F and % as %25",
+        )
     return str(url)
 
 

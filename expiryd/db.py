@@ -23,7 +23,7 @@ def parse_url(settings: DatabaseSettings) -> URL:
     """The SQLAlchemy URL, with PyMySQL as the driver when a MySQL URL names none."""
     try:
         url = make_url(settings.url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigError(
             f"[database] url {redact_url(settings.url)!r} is not a database URL, "
             "e.g. mysql+pymysql://user:password@127.0.0.1:3306/shop"

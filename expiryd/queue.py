@@ -79,7 +79,7 @@ class JobQueue:
     _scripts: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("take", "settle", "requeue", "replay"):
+        for name in ("take", "settle", "requeue", "replay", "mark"):
             self._scripts[name] = lua.register(self.client, f"queue_{name}", "clock")
 
     def take(self, limit: int, lease_ms: int, token: str) -> list[Job]:
@@ -99,6 +99,11 @@ class JobQueue:
             args += [s.job_id, s.action, s.delay_ms, s.error]
         ks = self.keyspace
         return int(self._scripts["settle"](keys=[ks.leases, ks.ready, ks.dead], args=args))
+
+    def mark(self, token: str, job_ids: Sequence[str], started: bool) -> None:
+        """Mark jobs of a batch as waiting, or as the one running now (see requeue)."""
+        mark = token if started else "-"
+        self._scripts["mark"](keys=[], args=[token, self.keyspace.job_prefix, mark, *job_ids])
 
     def requeue_lapsed(self, limit: int = CHUNK) -> int:
         """Hand out again the jobs whose worker's lease ran out."""

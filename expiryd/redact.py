@@ -31,6 +31,27 @@ def redact_url(url: str) -> str:
     return scrub(_SECRET_QUERY.sub(_MASKED_VALUE, url))
 
 
+def parsed_password(url: str) -> str | None:
+    """The password as the parser of this kind of URL reads it (None for none)."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        password = parse_redis_url(url).get("password")
+    else:
+        password = make_url(url).password
+    return password if isinstance(password, str) else None
+
+
+def password_misread(url: str) -> bool:
+    """Whether the URL's parser takes a different password than the one written before
+    the last `@`: an unencoded `@`, `#`, `/` or `?` ended it early, and the rest would be
+    read (and shown) as the host. An unparseable URL counts as misread."""
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    written = unquote(userinfo.split(":", 1)[1]) if ":" in userinfo else None
+    try:
+        return parsed_password(url) != written and written is not None
+    except Exception:
+        return True
+
+
 def remember(url: str) -> None:
     """Note the passwords `url` carries, as its parser reads them, to scrub them later."""
     _known.update(secret for secret in url_passwords(url) if len(secret) >= 4)
@@ -40,12 +61,10 @@ def url_passwords(url: str) -> set[str]:
     """Every password the parser of this kind of URL finds in it, as given and decoded."""
     found: set[str | None] = set()
     try:
-        if url.startswith(("redis://", "rediss://", "unix://")):
-            found.add(parse_redis_url(url).get("password"))
-        else:
-            parsed = make_url(url)
-            found.add(parsed.password if isinstance(parsed.password, str) else None)
-            found.update(str(v) for k, v in parsed.query.items() if _SECRET_QUERY.search(f"?{k}="))
+        found.add(parsed_password(url))
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            query = make_url(url).query
+            found.update(str(v) for k, v in query.items() if _SECRET_QUERY.search(f"?{k}="))
     except Exception:  # an unparseable URL: only the masking above applies
         pass
     userinfo = url.partition("://")[2].rpartition("@")[0]

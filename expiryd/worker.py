@@ -104,16 +104,25 @@ class Worker:
         self._backoff.wait_after(self.stop, self._log, event, describe_error(exc), exc_info)
 
     def _run_batch(self, jobs: list[Job]) -> None:
+        """Run the jobs and settle them together; one at a time instead after a worker
+        died with some of them in hand (so that a job which kills its worker is found
+        out and takes no other job's progress with it), and once stopping (so that what
+        is done before the grace runs out is not done again)."""
+        careful = any(job.lapses for job in jobs)
+        if careful:
+            self.queue.mark(self._token, [job.id for job in jobs], started=False)
+        done: list[Settlement] = []
         self.in_hand = len(jobs)
         try:
-            if any(job.lapses for job in jobs):
-                # A worker died with some of these in hand: settle each as it is done, so
-                # that a job which kills its worker takes no other job's progress with it.
-                for job in jobs:
-                    self.queue.settle(self._token, [self.handle(job)])
-                    self.in_hand -= 1
-            else:
-                self.queue.settle(self._token, [self.handle(job) for job in jobs])
+            for job in jobs:
+                if careful:
+                    self.queue.mark(self._token, [job.id], started=True)
+                done.append(self.handle(job))
+                self.in_hand -= 1
+                if careful or self.stop.is_set():
+                    self.queue.settle(self._token, done)
+                    done = []
+            self.queue.settle(self._token, done)
         finally:
             self.in_hand = 0
 

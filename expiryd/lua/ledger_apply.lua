@@ -12,6 +12,8 @@ local deadlines, gone, gone_deadlines, values, claimed = KEYS[1], KEYS[2], KEYS[
 local q = {ready = KEYS[6], job_prefix = ARGV[1]}
 local capture, max_value = ARGV[2] == '1', tonumber(ARGV[3])
 local oversize = 0
+-- Keys whose record found a newer incarnation already over, earlier in this window: its
+-- `expired` event is for that incarnation, whatever was claimed before it.
 local over_when_recorded = {}
 
 local function capture_value(key)
@@ -26,6 +28,7 @@ local function capture_value(key)
 end
 
 local function record(key)
+  over_when_recorded[key] = nil
   local ttl = redis.call('PTTL', key)
   if ttl >= 0 then
     redis.call('ZADD', deadlines, ms(now + ttl), key)
@@ -35,11 +38,13 @@ local function record(key)
   -- No TTL, or already gone: the incarnation recorded before was replaced by this one.
   redis.call('ZREM', deadlines, key)
   redis.call('HDEL', values, key)
-  if ttl == -2 then over_when_recorded[key] = true end
-  return ttl == -2 and -2 or 0
+  if ttl == -1 then return 0 end
+  over_when_recorded[key] = true
+  return -2
 end
 
 local function forget(key)
+  over_when_recorded[key] = nil
   redis.call('ZREM', deadlines, key)
   redis.call('ZREM', gone, key)
   redis.call('HDEL', gone_deadlines, key)
@@ -49,7 +54,8 @@ end
 
 -- Which incarnation an `expired` event is for: the recorded deadline if it has passed
 -- (a later deadline belongs to a newer incarnation: the event is stale), else the one a
--- sweep found gone, else one nobody recorded, unless that was claimed already.
+-- sweep found gone, else one nobody recorded, unless that was claimed already: a claim
+-- made after this daemon found the incarnation over (`fresh`) is a claim of it.
 local function claim(key, fresh, random_id)
   local deadline, source = tonumber(redis.call('ZSCORE', deadlines, key)), 'event'
   if deadline and deadline <= now + 1 then
@@ -60,10 +66,11 @@ local function claim(key, fresh, random_id)
       source = 'nudge'
       redis.call('ZREM', gone, key)
       redis.call('HDEL', gone_deadlines, key)
+    elseif over_when_recorded[key] then
+      over_when_recorded[key] = nil
     else
-      if over_when_recorded[key] then fresh = now end
       local last = tonumber(redis.call('ZSCORE', claimed, key))
-      if last and (not fresh or last >= fresh) then return 0 end
+      if last and (not fresh or last > fresh) then return 0 end
     end
   end
   local value = redis.call('HGET', values, key)

@@ -3,10 +3,13 @@
 -- expired while nobody listened, and is claimed as recovered. One that lives on with a
 -- newer deadline was replaced, not expired, and is dropped.
 -- KEYS: deadlines, gone, gone_deadlines, values, claimed, ready
--- ARGV: job prefix, found until (ms), limit
+-- ARGV: job prefix, marker time (ms), limit
+-- Only what was found before the marker's ms counts: another sweep in the same ms may
+-- have found a key gone after a DEL whose event comes after this marker. Those wait
+-- for the next marker.
 local deadlines, gone, gone_deadlines, values, claimed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local q = {ready = KEYS[6], job_prefix = ARGV[1]}
-local keys = redis.call('ZRANGEBYSCORE', gone, '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local keys = redis.call('ZRANGEBYSCORE', gone, '-inf', '(' .. ARGV[2], 'LIMIT', 0, ARGV[3])
 local recovered = 0
 for _, key in ipairs(keys) do
   local deadline = tonumber(redis.call('HGET', gone_deadlines, key))

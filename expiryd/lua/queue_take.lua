@@ -8,6 +8,7 @@ for _, id in ipairs(ids) do
   if redis.call('EXISTS', job) == 1 then
     redis.call('ZADD', KEYS[2], ms(now + tonumber(ARGV[2])), id)
     redis.call('HSET', job, 'lease', ARGV[3])
+    redis.call('HDEL', job, 'started')
     table.insert(taken, {id, redis.call('HGETALL', job)})
   end
 end

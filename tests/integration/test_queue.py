@@ -95,3 +95,20 @@ def test_replay_and_purge_work_in_chunks_over_many_dead_letters(
     assert queue.replay(ids[:1200]) == 1200
     assert queue.purge(ids[1200:]) == 1300
     assert queue.counts() == {"ready": 1200, "leased": 0, "dead": 0}
+
+
+def test_a_lapse_counts_only_against_the_job_a_careful_worker_was_running(
+    client: redis.Redis, queue: JobQueue
+) -> None:
+    ids = enqueue(client, b"k1", b"k2", b"k3")
+    queue.take(10, 50, "w1")  # settled together: which one killed it is unknown
+    time.sleep(0.1)
+    queue.requeue_lapsed()
+    taken = queue.take(10, 50, "w2")
+    assert {job.lapses for job in taken} == {1}
+    queue.mark("w2", ids, started=False)
+    queue.mark("w2", [ids[1]], started=True)
+    time.sleep(0.1)
+    queue.requeue_lapsed()
+    lapses = {job.id: job.lapses for job in queue.take(10, 30_000, "w3")}
+    assert lapses == {ids[0]: 1, ids[1]: 2, ids[2]: 1}

@@ -15,6 +15,13 @@ from expiryd.expiry import Expiry
 CALLS_TABLE = "CREATE TABLE calls (key_name VARCHAR(200), expiry_id VARCHAR(64), attempt INTEGER)"
 
 
+seen: list[Expiry] = []
+
+
+def remember(expiry: Expiry) -> None:
+    seen.append(expiry)
+
+
 def explode(expiry: Expiry) -> None:
     raise RuntimeError(f"boom for {expiry.fields}")
 

@@ -113,6 +113,21 @@ def test_url_errors_never_show_the_password(url: str) -> None:
     assert "hunter" not in str(caught.value) and "ter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("section", "url"),
+    [
+        ("database", "mysql+pymysql://app:Tr0ub4dor@horse@127.0.0.1/shop"),
+        ("database", "mysql+pymysql://app:Tr0ub@dor:horse#9@127.0.0.1:3306/shop"),
+        ("redis", "redis://:ab@cd#efgh@127.0.0.1:6379/15"),
+    ],
+)
+def test_a_password_that_ends_early_is_refused_without_showing_it(section: str, url: str) -> None:
+    with pytest.raises(ConfigError, match="ends it early") as caught:
+        parse(f'[{section}]\nurl = "{url}"\n')
+    assert "horse" not in str(caught.value) and "cd#efgh" not in str(caught.value)
+    assert "Tr0ub" not in str(caught.value)
+
+
 def test_settings_reprs_never_show_the_password() -> None:
     loaded = parse(
         '[redis]\nurl = "redis://:pw-redis-1@h/0"\n'
