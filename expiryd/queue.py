@@ -79,7 +79,7 @@ class JobQueue:
     _scripts: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("take", "settle", "requeue", "replay", "mark"):
+        for name in ("take", "settle", "requeue", "replay", "mark", "extend"):
             self._scripts[name] = lua.register(self.client, f"queue_{name}", "clock")
 
     def take(self, limit: int, lease_ms: int, token: str) -> list[Job]:
@@ -99,6 +99,13 @@ class JobQueue:
             args += [s.job_id, s.action, s.delay_ms, s.error]
         ks = self.keyspace
         return int(self._scripts["settle"](keys=[ks.leases, ks.ready, ks.dead], args=args))
+
+    def extend(self, token: str, job_ids: Sequence[str], lease_ms: int) -> int:
+        """Renew the lease of jobs still held with `token`; the number still ours."""
+        if not job_ids:
+            return 0
+        args = [token, self.keyspace.job_prefix, lease_ms, *job_ids]
+        return int(self._scripts["extend"](keys=[self.keyspace.leases], args=args))
 
     def mark(self, token: str, job_ids: Sequence[str], started: bool) -> None:
         """Mark jobs of a batch as waiting, or as the one running now (see requeue)."""

@@ -107,12 +107,15 @@ class Worker:
         """Run the jobs and settle them together; one at a time instead after a worker
         died with some of them in hand (so that a job which kills its worker is found
         out and takes no other job's progress with it), and once stopping (so that what
-        is done before the grace runs out is not done again)."""
+        is done before the grace runs out is not done again). The lease of what is still
+        held is renewed between jobs; one handler call that outlasts the whole lease can
+        still see its jobs handed out again."""
         careful = any(job.lapses for job in jobs)
         if careful:
             self.queue.mark(self._token, [job.id for job in jobs], started=False)
         done: list[Settlement] = []
         self.in_hand = len(jobs)
+        renewed = time.monotonic()
         try:
             for job in jobs:
                 if careful:
@@ -122,6 +125,11 @@ class Worker:
                 if careful or self.stop.is_set():
                     self.queue.settle(self._token, done)
                     done = []
+                if time.monotonic() - renewed > self.settings.lease_seconds / 3:
+                    # The heartbeat: a live worker's lease does not lapse between jobs.
+                    lease_ms = self.settings.lease_seconds * 1000
+                    self.queue.extend(self._token, [j.id for j in jobs], lease_ms)
+                    renewed = time.monotonic()
             self.queue.settle(self._token, done)
         finally:
             self.in_hand = 0

@@ -112,3 +112,16 @@ def test_a_lapse_counts_only_against_the_job_a_careful_worker_was_running(
     queue.requeue_lapsed()
     lapses = {job.id: job.lapses for job in queue.take(10, 30_000, "w3")}
     assert lapses == {ids[0]: 1, ids[1]: 2, ids[2]: 1}
+
+
+def test_a_renewed_lease_does_not_lapse_and_a_settled_job_is_not_renewed(
+    client: redis.Redis, queue: JobQueue
+) -> None:
+    first, second = enqueue(client, b"k1", b"k2")
+    queue.take(10, 100, "w1")
+    queue.settle("w1", [Settlement(first, "ack")])
+    assert queue.extend("w1", [first, second], 30_000) == 1
+    assert queue.extend("w2", [second], 30_000) == 0  # not w2's to renew
+    time.sleep(0.2)
+    assert queue.requeue_lapsed() == 0
+    assert queue.counts() == {"ready": 0, "leased": 1, "dead": 0}
