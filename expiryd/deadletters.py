@@ -11,7 +11,7 @@ from expiryd.config import Config
 from expiryd.connections import CONNECTION_ERRORS, RedisTarget
 from expiryd.errors import ServiceError
 from expiryd.keyspace import Keyspace
-from expiryd.logs import describe_error, display_key
+from expiryd.logs import describe_error, display_key, escape_text
 from expiryd.queue import Job, JobQueue
 
 
@@ -43,7 +43,8 @@ def describe(jobs: Sequence[Job], as_json: bool) -> Iterator[str]:
             yield json.dumps(record, ensure_ascii=False)
         else:
             yield (
-                f"{record['failed_at']}  {record['key']}  attempts={job.attempt}  error={job.error}"
+                f"{record['failed_at']}  {record['key']}  attempts={job.attempt}  "
+                f"error={escape_text(job.error)}"
             )
 
 

@@ -46,7 +46,7 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
             structlog.processors.JSONRenderer(ensure_ascii=False),
         ]
         if log_format == "json"
-        else [structlog.dev.ConsoleRenderer()]
+        else [_escape_strings, structlog.dev.ConsoleRenderer()]
     )
     structlog.configure(
         processors=[
@@ -80,7 +80,18 @@ def display_key(raw: bytes) -> str:
     text = raw.decode("utf-8", errors="backslashreplace")
     if len(text) > defaults.LOG_KEY_CHARS:
         text = f"{text[: defaults.LOG_KEY_CHARS]}…({len(raw)} bytes)"
+    return escape_text(text)
+
+
+def escape_text(text: str) -> str:
+    """`text` with control and invisible characters as `\\x..`/`\\u....` escapes, so that it
+    cannot move the cursor, clear the screen or reorder what a terminal shows."""
     return _UNSAFE.sub(_escape, text)
+
+
+def _escape_strings(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """For the console: JSON escapes such characters itself, a terminal would obey them."""
+    return {k: escape_text(v) if isinstance(v, str) else v for k, v in event.items()}
 
 
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
