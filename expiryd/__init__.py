@@ -1,8 +1,9 @@
 """expiryd: turns Redis key expiries into database updates."""
 
 from expiryd.expiry import Expiry
-from expiryd.retries import Permanent, Retry
+from expiryd.handlers.callables import batch
+from expiryd.retries import Busy, Permanent, Retry
 
 __version__ = "0.1.0"
 
-__all__ = ["Expiry", "Permanent", "Retry", "__version__"]
+__all__ = ["Busy", "Expiry", "Permanent", "Retry", "__version__", "batch"]

@@ -84,3 +84,15 @@ def reflect_table(engine: Engine, name: str) -> Table:
 
 def describe_target(engine: Engine) -> str:
     return redact_url(engine.url.render_as_string(hide_password=False))
+
+
+def skips_locked_rows(engine: Engine) -> bool:
+    """Whether the server has SELECT ... FOR UPDATE SKIP LOCKED: MariaDB 10.6 and later,
+    MySQL 8.0 and later. (SQLite has no row locks to skip.)"""
+    if not is_mysql(engine.url):
+        return False
+    with engine.connect() as connection:
+        dialect = connection.dialect
+        version = dialect.server_version_info or ()
+    minimum = (10, 6) if getattr(dialect, "is_mariadb", False) else (8, 0)
+    return tuple(version[:2]) >= minimum

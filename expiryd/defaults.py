@@ -101,6 +101,10 @@ BATCH_SIZE = 100
 BATCH_SIZE_LIMIT = 10_000
 """The largest batch_size accepted."""
 
+BUSY_RETRY_SECONDS = 0.5
+"""An expiry whose order row another transaction holds is tried again this soon, without
+using up an attempt, until the lock is gone."""
+
 MAX_LAPSES = 5
 """A job whose worker died (or whose lease ran out) this many times while running it is
 dead-lettered instead of being handed out again: it is likely what kills the worker."""

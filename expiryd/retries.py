@@ -15,6 +15,11 @@ class Retry(Exception):
     """Raise from a custom handler for a failure that may pass: the expiry is tried again."""
 
 
+class Busy(Retry):
+    """What the expiry changes is held by someone else for now (an order's row locked by
+    the shop's own transaction): tried again shortly, without using up an attempt."""
+
+
 class Permanent(Exception):
     """Raise from a custom handler for a failure that will not pass: it is dead-lettered."""
 

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,11 +24,12 @@ from expiryd.config import WorkerSettings
 from expiryd.connections import CONNECTION_ERRORS
 from expiryd.expiry import Expiry
 from expiryd.handlers import Handler
+from expiryd.handlers import Outcome as HandlerOutcome
 from expiryd.logs import describe_error, display_key, get_logger
 from expiryd.outcomes import Outcome, Result
 from expiryd.queue import Job, JobQueue, Settlement
-from expiryd.retries import Verdict, classify
-from expiryd.routes import Match, Route, match_route
+from expiryd.retries import Busy, Verdict, classify
+from expiryd.routes import Route, match_route
 
 _SETTLE = {
     Outcome.APPLIED: "ack",
@@ -46,14 +47,28 @@ class Ruling:
     result: Result
     fields: dict[str, Any] = field(default_factory=dict)
     delay_ms: int = 0
+    action: str | None = None
+    """How to settle it, when not by its outcome: "defer" is a retry that uses no attempt."""
 
     @classmethod
     def dead(cls, error: str) -> Ruling:
         return cls(Result(Outcome.DEAD), {"error": error})
 
     def settlement(self, job_id: str) -> Settlement:
-        action = _SETTLE[self.result.outcome]
+        action = self.action or _SETTLE[self.result.outcome]
         return Settlement(job_id, action, self.delay_ms, self.fields.get("error", ""))
+
+
+@dataclass
+class _Attempt:
+    """One job on its way through a batch."""
+
+    job: Job
+    line: dict[str, Any]
+    route: Route | None = None
+    expiry: Expiry | None = None
+    ruling: Ruling | None = None
+    duration_ms: float = 0.0
 
 
 class Worker:
@@ -77,6 +92,7 @@ class Worker:
         self.counts: Counter[Outcome] = Counter()
         self.in_hand = 0
         self._token = uuid.uuid4().hex
+        self._renewed = time.monotonic()
         self._backoff = Backoff(defaults.RECONNECT_BASE_SECONDS, defaults.RECONNECT_CAP_SECONDS)
         self._lock = threading.Lock()
         self._log = get_logger()
@@ -104,65 +120,121 @@ class Worker:
         self._backoff.wait_after(self.stop, self._log, event, describe_error(exc), exc_info)
 
     def _run_batch(self, jobs: list[Job]) -> None:
-        """Run the jobs and settle them together; one at a time instead after a worker
-        died with some of them in hand (so that a job which kills its worker is found
-        out and takes no other job's progress with it), and once stopping (so that what
-        is done before the grace runs out is not done again). The lease of what is still
-        held is renewed between jobs; one handler call that outlasts the whole lease can
-        still see its jobs handed out again."""
-        careful = any(job.lapses for job in jobs)
-        if careful:
-            self.queue.mark(self._token, [job.id for job in jobs], started=False)
-        done: list[Settlement] = []
+        """Run the jobs, a route's group at a time, and settle them together. After a
+        worker died with some of them in hand, one job at a time instead, each marked as
+        it starts and settled as it ends, so that a job which kills its worker is found
+        out and takes no other job's progress with it. Once stopping, each group is
+        settled as it ends, so that what is done before the grace runs out is not done
+        again. The lease of what is still held is renewed between groups."""
         self.in_hand = len(jobs)
-        renewed = time.monotonic()
+        self._renewed = time.monotonic()
         try:
-            for job in jobs:
-                if careful:
+            if any(job.lapses for job in jobs):
+                self.queue.mark(self._token, [job.id for job in jobs], started=False)
+                for job in jobs:
                     self.queue.mark(self._token, [job.id], started=True)
-                done.append(self.handle(job))
-                self.in_hand -= 1
-                if careful or self.stop.is_set():
-                    self.queue.settle(self._token, done)
+                    self._settle([s for group in self._run_jobs([job]) for s in group], jobs)
+                return
+            done: list[Settlement] = []
+            for settled in self._run_jobs(jobs):
+                done += settled
+                if self.stop.is_set():
+                    self._settle(done, jobs)
                     done = []
-                if time.monotonic() - renewed > self.settings.lease_seconds / 3:
-                    # The heartbeat: a live worker's lease does not lapse between jobs.
-                    lease_ms = self.settings.lease_seconds * 1000
-                    self.queue.extend(self._token, [j.id for j in jobs], lease_ms)
-                    renewed = time.monotonic()
-            self.queue.settle(self._token, done)
+            self._settle(done, jobs)
         finally:
             self.in_hand = 0
 
-    def handle(self, job: Job) -> Settlement:
-        """Route and run one job; log one line; say what becomes of it."""
-        started = time.perf_counter()
-        line: dict[str, Any] = {"key": display_key(job.key), "route": None, "handler": None}
-        try:
-            line.update(_timing(job))
-            ruling = self._attempt(job, line)
-        except Exception as exc:  # expiryd's own step failed: this job's outcome, not a crash
-            ruling = Ruling.dead(f"expiryd could not handle this job: {describe_error(exc)}")
-        self._log_line(line, ruling, started)
-        return ruling.settlement(job.id)
+    def _settle(self, done: list[Settlement], jobs: list[Job]) -> None:
+        self.queue.settle(self._token, done)
+        self.in_hand -= len(done)
+        if time.monotonic() - self._renewed > self.settings.lease_seconds / 3:
+            # The heartbeat: a live worker's lease does not lapse while it works.
+            lease_ms = self.settings.lease_seconds * 1000
+            self.queue.extend(self._token, [job.id for job in jobs], lease_ms)
+            self._renewed = time.monotonic()
 
-    def _attempt(self, job: Job, line: dict[str, Any]) -> Ruling:
+    def _run_jobs(self, jobs: list[Job]) -> Iterator[list[Settlement]]:
+        """Settlements, a group at a time: first the jobs decided without a handler
+        (unrouted, out of attempts), then each route's group in one handler call."""
+        attempts = [self._prepare(job) for job in jobs]
+        decided = [a for a in attempts if a.ruling is not None]
+        if decided:
+            yield [self._conclude(a) for a in decided]
+        groups: dict[str, list[_Attempt]] = {}
+        for attempt in attempts:
+            if attempt.ruling is None:
+                groups.setdefault(attempt.route.name, []).append(attempt)  # type: ignore[union-attr]
+        for name, group in groups.items():
+            yield self._run_group(self.handlers[name], group)
+
+    def _run_group(self, handler: Handler, group: list[_Attempt]) -> list[Settlement]:
+        started = time.perf_counter()
+        try:
+            outcomes = handler.run_many([a.expiry for a in group])  # type: ignore[misc]
+        except BaseException as exc:  # a handler that raises for the whole group
+            outcomes = [exc] * len(group)
+        share = (time.perf_counter() - started) * 1000 / len(group)
+        for attempt, outcome in zip(group, outcomes, strict=True):
+            attempt.ruling = self._rule(attempt, outcome)
+            attempt.duration_ms = share
+        return [self._conclude(a) for a in group]
+
+    def handle(self, job: Job) -> Settlement:
+        """Route and run one job on its own; log one line; say what becomes of it."""
+        (settled,) = [s for group in self._run_jobs([job]) for s in group]
+        return settled
+
+    def _prepare(self, job: Job) -> _Attempt:
+        """The job's log fields, and the expiry its handler gets, or already its ruling."""
+        attempt = _Attempt(job, {"key": display_key(job.key), "route": None, "handler": None})
+        try:
+            attempt.line.update(_timing(job))
+            self._route(attempt)
+        except Exception as exc:  # expiryd's own step failed: this job's outcome, not a crash
+            error = f"expiryd could not handle this job: {describe_error(exc)}"
+            attempt.ruling = Ruling.dead(error)
+        return attempt
+
+    def _route(self, attempt: _Attempt) -> None:
+        job = attempt.job
         if job.lapses >= defaults.MAX_LAPSES:
-            return Ruling.dead(
-                f"its worker stopped {job.lapses} times while running it (killed or crashed)"
-            )
+            error = f"its worker stopped {job.lapses} times while running it (killed or crashed)"
+            attempt.ruling = Ruling.dead(error)
+            return
         key, reason = self._decode(job.key)
         match = match_route(self.routes, key) if key is not None else None
         if match is None:
-            return Ruling(Result(Outcome.UNROUTED), {"reason": reason or "no route matches"})
-        line.update(match.fields)
-        line.update(route=match.route.name, handler=match.route.handler)
-        return self._run(match, key or "", job)
+            reason = reason or "no route matches"
+            attempt.ruling = Ruling(Result(Outcome.UNROUTED), {"reason": reason})
+            return
+        attempt.line.update(match.fields)
+        attempt.line.update(route=match.route.name, handler=match.route.handler)
+        attempt.route = match.route
+        policy = match.route.retry
+        if job.attempt >= policy.attempts:
+            error = f"attempts exhausted ({job.attempt} of {policy.attempts} taken)"
+            attempt.ruling = Ruling.dead(error)
+            return
+        attempt.expiry = Expiry(
+            key=key or "",
+            route=match.route.name,
+            fields=match.fields,
+            value=job.value,
+            deadline=_datetime(job.deadline_ms),
+            id=job.id,
+            attempt=job.attempt + 1,
+        )
+
+    def _conclude(self, attempt: _Attempt) -> Settlement:
+        ruling = attempt.ruling or Ruling.dead("expiryd reached no outcome for this job")
+        self._log_line(attempt.line, ruling, attempt.duration_ms)
+        return ruling.settlement(attempt.job.id)
 
     def report_unqueued(self, raw_key: bytes, reason: str) -> None:
         """An expiry not worth queueing (its key is too long to route): one line, no job."""
         line = {"key": display_key(raw_key), "route": None, "handler": None}
-        self._log_line(line, Ruling(Result(Outcome.UNROUTED), {"reason": reason}), None)
+        self._log_line(line, Ruling(Result(Outcome.UNROUTED), {"reason": reason}), 0.0)
 
     def reason_unqueued(self, raw_key: bytes) -> str | None:
         if len(raw_key) > self.max_key_bytes:
@@ -178,34 +250,24 @@ class Worker:
         except UnicodeDecodeError:
             return None, "key is not valid UTF-8"
 
-    def _run(self, match: Match, key: str, job: Job) -> Ruling:
-        policy = match.route.retry
-        attempt = job.attempt + 1
-        if attempt > policy.attempts:
-            return Ruling.dead(f"attempts exhausted ({job.attempt} of {policy.attempts} taken)")
-        expiry = Expiry(
-            key=key,
-            route=match.route.name,
-            fields=match.fields,
-            value=job.value,
-            deadline=_datetime(job.deadline_ms),
-            id=job.id,
-            attempt=attempt,
-        )
-        try:
-            return Ruling(self.handlers[match.route.name](expiry))
-        except BaseException as exc:  # whatever a handler raises is its outcome
-            error = describe_error(exc)
-            if classify(exc) is Verdict.RETRY and attempt < policy.attempts:
-                delay_ms = int(policy.delay(attempt) * 1000)
-                return Ruling(
-                    Result(Outcome.RETRY),
-                    {"error": error, "retry_in_s": round(delay_ms / 1000, 2)},
-                    delay_ms,
-                )
-            return Ruling.dead(error)
+    def _rule(self, attempt: _Attempt, outcome: HandlerOutcome) -> Ruling:
+        """What one expiry's outcome comes to: its result, a retry, or a dead letter."""
+        if not isinstance(outcome, BaseException):
+            return Ruling(outcome)
+        error = describe_error(outcome)
+        if isinstance(outcome, Busy):
+            delay_ms = int(defaults.BUSY_RETRY_SECONDS * 1000)
+            fields = {"error": error, "retry_in_s": defaults.BUSY_RETRY_SECONDS}
+            return Ruling(Result(Outcome.RETRY), fields, delay_ms, action="defer")
+        policy = attempt.route.retry  # type: ignore[union-attr]
+        number = attempt.job.attempt + 1
+        if classify(outcome) is Verdict.RETRY and number < policy.attempts:
+            delay_ms = int(policy.delay(number) * 1000)
+            fields = {"error": error, "retry_in_s": round(delay_ms / 1000, 2)}
+            return Ruling(Result(Outcome.RETRY), fields, delay_ms)
+        return Ruling.dead(error)
 
-    def _log_line(self, line: dict[str, Any], ruling: Ruling, started: float | None) -> None:
+    def _log_line(self, line: dict[str, Any], ruling: Ruling, duration_ms: float) -> None:
         outcome = ruling.result.outcome
         with self._lock:
             self.counts[outcome] += 1
@@ -213,12 +275,11 @@ class Worker:
             Outcome.DEAD: self._log.error,
             Outcome.RETRY: self._log.warning,
         }.get(outcome, self._log.info)
-        duration = None if started is None else (time.perf_counter() - started) * 1000
         fields = {
             **line,
             "outcome": outcome.value,
             "rows": ruling.result.rows,
-            "duration_ms": round(duration or 0.0, 3),
+            "duration_ms": round(duration_ms, 3),
             **ruling.fields,
         }
         try:

@@ -1,13 +1,16 @@
 """Handlers: what runs when a routed key expires.
 
-A handler is a callable taking an `Expiry` and returning a `Result`. The built-in names
-are `orders.cancel`, `orders.complete` and `sql`; any other name of the form
-`module:function` is imported (see `callables`).
+A handler takes the expiries of one route that a worker leased together and gives one
+outcome per expiry, in order: a `Result`, or the exception that expiry met. The built-in
+handlers change a whole group in one transaction; calling a handler with one `Expiry`
+runs just that one. The built-in names are `orders.cancel`, `orders.complete` and
+`sql`; any other name of the form `module:function` is imported (see `callables`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from sqlalchemy import Engine
 
@@ -17,7 +20,26 @@ from expiryd.expiry import Expiry
 from expiryd.outcomes import Result
 from expiryd.routes import Route
 
-Handler = Callable[[Expiry], Result]
+Outcome = Result | BaseException
+"""What became of one expiry of a group: its result, or what it raised."""
+
+
+class Handler(Protocol):
+    def __call__(self, expiry: Expiry) -> Result: ...
+
+    def run_many(self, expiries: Sequence[Expiry]) -> list[Outcome]: ...
+
+
+def one_by_one(run: Callable[[Expiry], Result], expiries: Sequence[Expiry]) -> list[Outcome]:
+    """Each expiry on its own: what one raises is its outcome, not the others'."""
+    outcomes: list[Outcome] = []
+    for expiry in expiries:
+        try:
+            outcomes.append(run(expiry))
+        except BaseException as exc:  # whatever a handler raises is that expiry's outcome
+            outcomes.append(exc)
+    return outcomes
+
 
 BUILT_IN = ("orders.cancel", "orders.complete", "sql")
 

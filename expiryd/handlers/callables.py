@@ -1,29 +1,56 @@
 """module:function handlers: any importable callable.
 
 The callable receives one `expiryd.Expiry` (key, route, fields, value, deadline) and returns
-None or True (applied), False (skipped), or a count of rows changed (0 means skipped).
-It runs in the daemon's worker; a raised exception makes the outcome `failed`.
+None or True (applied), False (skipped), or a count of rows changed (0 means skipped); what
+it raises decides between a retry and a dead letter. A callable marked with
+`expiryd.batch` receives the list of a group's expiries instead and returns one such value
+per expiry, in order (an exception in that list is that expiry's outcome).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
+from expiryd.handlers import Outcome as Ending
+from expiryd.handlers import one_by_one
 from expiryd.outcomes import Outcome, Result
 from expiryd.routes import Route
 
 
 @dataclass(frozen=True)
 class CallableHandler:
-    function: Callable[[Expiry], Any]
+    function: Callable[..., Any]
 
     def __call__(self, expiry: Expiry) -> Result:
+        if is_batch(self.function):
+            (ending,) = self.run_many([expiry])
+            if isinstance(ending, BaseException):
+                raise ending
+            return ending
         return to_result(self.function(expiry))
+
+    def run_many(self, expiries: Sequence[Expiry]) -> list[Ending]:
+        if not is_batch(self.function):
+            return one_by_one(self, expiries)
+        returned = list(self.function(list(expiries)))
+        if len(returned) != len(expiries):
+            raise TypeError(f"batch handler returned {len(returned)} results for {len(expiries)}")
+        return [r if isinstance(r, BaseException) else to_result(r) for r in returned]
+
+
+def batch(function: Callable[[list[Expiry]], Sequence[Any]]) -> Callable[[list[Expiry]], Any]:
+    """Mark a handler that takes a group's expiries at once and returns one value each."""
+    function.expiryd_batch = True  # type: ignore[attr-defined]
+    return function
+
+
+def is_batch(function: Callable[..., Any]) -> bool:
+    return bool(getattr(function, "expiryd_batch", False))
 
 
 def to_result(returned: Any) -> Result:

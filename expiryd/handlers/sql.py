@@ -1,7 +1,11 @@
-"""sql: any parameterised statement; the pattern's fields are its bind parameters."""
+"""sql: any parameterised statement; the pattern's fields are its bind parameters.
+
+A group of expiries runs in one transaction; if one statement fails, the transaction is
+rolled back and each expiry runs in its own, so only that one fails."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, TextClause, text
@@ -9,6 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
+from expiryd.handlers import Outcome, one_by_one
 from expiryd.outcomes import Result
 from expiryd.routes import Route
 
@@ -20,10 +25,22 @@ class SqlStatement:
     params: tuple[str, ...]
 
     def __call__(self, expiry: Expiry) -> Result:
-        values = {name: expiry.fields[name] for name in self.params}
-        with self.engine.begin() as connection:
-            rows = connection.execute(self.statement, values).rowcount
-        return Result.from_rows(rows if rows >= 0 else None)
+        return self.run_many([expiry])[0]  # type: ignore[return-value]
+
+    def run_many(self, expiries: Sequence[Expiry]) -> list[Outcome]:
+        try:
+            with self.engine.begin() as connection:
+                counts = [
+                    connection.execute(self.statement, self._values(e)).rowcount for e in expiries
+                ]
+        except Exception:
+            if len(expiries) == 1:
+                raise
+            return one_by_one(self, expiries)
+        return [Result.from_rows(rows if rows >= 0 else None) for rows in counts]
+
+    def _values(self, expiry: Expiry) -> dict[str, str]:
+        return {name: expiry.fields[name] for name in self.params}
 
 
 def build(route: Route, engine: Engine) -> SqlStatement:

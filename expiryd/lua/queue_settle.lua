@@ -1,5 +1,6 @@
 -- Record what became of jobs leased with a token: an attempt counts once its outcome is
--- recorded here. A job whose lease passed to another worker is left to that worker.
+-- recorded here ("defer" puts a job back for later without counting one). A job whose
+-- lease passed to another worker is left to that worker.
 -- KEYS: leases, ready, dead   ARGV: token, job prefix, then (id, action, delay_ms, error)...
 local settled = 0
 for i = 3, #ARGV, 4 do
@@ -10,6 +11,9 @@ for i = 3, #ARGV, 4 do
     settled = settled + 1
     if action == 'ack' then
       redis.call('DEL', job)
+    elseif action == 'defer' then
+      redis.call('HSET', job, 'lease', '', 'error', err)
+      redis.call('ZADD', KEYS[2], ms(now + delay), id)
     else
       redis.call('HINCRBY', job, 'attempt', 1)
       redis.call('HSET', job, 'lease', '', 'error', err)

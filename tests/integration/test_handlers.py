@@ -173,3 +173,39 @@ def test_tls_required_refuses_a_server_without_tls(mysql_url: str) -> None:
     engine = make_engine(DatabaseSettings(url=mysql_url, tls="required"))
     with pytest.raises(DBAPIError, match="SSL"), engine.connect():
         pass
+
+
+def run_group(url: str, keys: list[str], toml: str = ORDER_ROUTES) -> list[object]:
+    loaded, handlers = handlers_for(url, toml)
+    found = [match_route(loaded.routes, key) for key in keys]
+    assert all(found) and len({m.route.name for m in found if m}) == 1
+    expiries = [Expiry(k, m.route.name, m.fields) for k, m in zip(keys, found, strict=True) if m]
+    return handlers[expiries[0].route].run_many(expiries)
+
+
+def test_a_group_of_orders_changes_in_one_go_with_an_outcome_for_each(database_url: str) -> None:
+    create_orders(database_url, {"SN1": 0, "SN2": 1, "SN3": 0, "SN4": 3})
+    keys = [f"order:cancel:{n}" for n in ("SN1", "SN2", "SN3", "SN4", "NOPE", "SN1")]
+    outcomes = run_group(database_url, keys)
+    assert outcomes == [
+        Result(Outcome.APPLIED, 1),
+        Result(Outcome.SKIPPED, 0),  # paid meanwhile
+        Result(Outcome.APPLIED, 1),
+        Result(Outcome.SKIPPED, 0),  # already cancelled
+        Result(Outcome.SKIPPED, 0),  # unknown
+        Result(Outcome.SKIPPED, 0),  # the same order again: changed once
+    ]
+    assert statuses(database_url) == {"SN1": 3, "SN2": 1, "SN3": 3, "SN4": 3}
+
+
+def test_one_failing_statement_in_a_group_fails_alone(database_url: str) -> None:
+    execute(database_url, "CREATE TABLE seen (name VARCHAR(20) NOT NULL UNIQUE)")
+    execute(database_url, "INSERT INTO seen (name) VALUES ('dup')")
+    toml = (
+        '[[routes]]\npattern = "seen:{name}"\nhandler = "sql"\n'
+        'sql = "INSERT INTO seen (name) VALUES (:name)"\n'
+    )
+    outcomes = run_group(database_url, ["seen:a", "seen:dup", "seen:b"], toml)
+    assert outcomes[0] == Result(Outcome.APPLIED, 1) == outcomes[2]
+    assert isinstance(outcomes[1], DBAPIError)
+    assert sorted(r[0] for r in rows(database_url, "SELECT name FROM seen")) == ["a", "b", "dup"]
