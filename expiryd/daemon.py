@@ -50,7 +50,9 @@ class Daemon:
         self.configure_redis = configure_redis
         self.target = RedisTarget.from_url(config.redis.url)
         keyspace = Keyspace(config.redis.prefix, self.target.db)
-        self.engine = make_engine(config.database)
+        # A statement ends before the lease it runs under can lapse.
+        io_timeout = config.worker.lease_seconds * defaults.STATEMENT_SHARE_OF_LEASE
+        self.engine = make_engine(config.database, io_timeout)
         handlers = build_handlers(config, self.engine)
         self.stop = threading.Event()
         self.stop_taking = threading.Event()

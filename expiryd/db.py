@@ -37,7 +37,9 @@ def is_mysql(url: URL) -> bool:
     return url.get_backend_name() in _MYSQL_BACKENDS
 
 
-def make_engine(settings: DatabaseSettings) -> Engine:
+def make_engine(settings: DatabaseSettings, io_timeout: float | None = None) -> Engine:
+    """The engine; with `io_timeout`, a statement that waits longer than that for the
+    server fails (and is retried) instead of hanging its worker."""
     url = parse_url(settings)
     options: dict[str, Any] = {"hide_parameters": True}
     if settings.pool == "none":
@@ -46,6 +48,11 @@ def make_engine(settings: DatabaseSettings) -> Engine:
         options.update(pool_pre_ping=True, pool_recycle=defaults.POOL_RECYCLE_SECONDS)
     if is_mysql(url):
         options["connect_args"] = _mysql_connect_args(settings)
+        if io_timeout:
+            timeout = max(1, int(io_timeout))
+            options["connect_args"].update(read_timeout=timeout, write_timeout=timeout)
+    elif io_timeout and url.get_backend_name() == "sqlite":
+        options["connect_args"] = {"timeout": io_timeout}
     try:
         return create_engine(url, **options)
     except (ArgumentError, ImportError) as exc:

@@ -101,6 +101,12 @@ BATCH_SIZE = 100
 BATCH_SIZE_LIMIT = 10_000
 """The largest batch_size accepted."""
 
+STATEMENT_SHARE_OF_LEASE = 2 / 3
+"""The database driver gives up on a statement after this share of lease_seconds (MySQL's
+read and write timeouts, SQLite's busy timeout), so a statement that hangs fails and is
+retried while its worker still holds the lease, instead of running on after the jobs
+were handed out again."""
+
 BUSY_RETRY_SECONDS = 0.5
 """An expiry whose order row another transaction holds is tried again this soon, without
 using up an attempt, until the lock is gone."""

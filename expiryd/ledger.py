@@ -9,7 +9,7 @@ fit (the scripts are in `expiryd/lua/`):
   without expiring (del, persist, rename, move) is forgotten, wherever it stood; an
   `expired` event claims the incarnation it is for and, in the same script, queues it as
   a durable job (see `queue`). An event for an incarnation claimed already is dropped.
-- `sweep`, run every few milliseconds, reads the PTTL of each key whose deadline has
+- `sweep`, run every few milliseconds, reads the expiry time of each key whose deadline has
   passed. Reading an expired key makes Redis delete it and publish `expired` at once (the
   nudge). Incarnations found over move to the `gone` set, and a marker is published on
   the sweep channel *after* any `expired` events the sweep caused, from inside the script.

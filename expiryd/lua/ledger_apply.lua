@@ -29,16 +29,18 @@ end
 
 local function record(key)
   over_when_recorded[key] = nil
-  local ttl = redis.call('PTTL', key)
-  if ttl >= 0 then
-    redis.call('ZADD', deadlines, ms(now + ttl), key)
+  -- The deadline exactly as Redis keeps it: now + PTTL would drift with the time this
+  -- script has run, giving one incarnation two deadlines.
+  local at = redis.call('PEXPIRETIME', key)
+  if at >= 0 then
+    redis.call('ZADD', deadlines, at, key)
     if capture then capture_value(key) end
     return 1
   end
   -- No TTL, or already gone: the incarnation recorded before was replaced by this one.
   redis.call('ZREM', deadlines, key)
   redis.call('HDEL', values, key)
-  if ttl == -1 then return 0 end
+  if at == -1 then return 0 end
   over_when_recorded[key] = true
   return -2
 end

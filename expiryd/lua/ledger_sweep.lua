@@ -1,4 +1,4 @@
--- Read the PTTL of every key whose deadline has passed: reading an expired key makes
+-- Look at every key whose deadline has passed: reading an expired key makes
 -- Redis expire it and publish `expired` now (the nudge). A recorded incarnation that is
 -- over (the key is gone, or lives on with a later deadline) moves to `gone`; a marker
 -- published after the events this caused tells the listener when to reconcile.
@@ -8,19 +8,20 @@ local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', ms(now), 'WITHSCORES'
 local moved = 0
 for i = 1, #due, 2 do
   local key, deadline = due[i], tonumber(due[i + 1])
-  local ttl = redis.call('PTTL', key)
-  -- A script sees the clock as it was when it started, so a key due by TIME may still
-  -- have a few ms to live here: the same incarnation, which the next sweep finds gone.
-  if ttl >= 0 and now + ttl <= deadline + 2 then
+  -- Reading the key (PEXPIRETIME) expires it if its time has come. A script sees the
+  -- clock as it was when it started, so a key due by TIME may still live here: the same
+  -- incarnation (the same deadline), which the next sweep finds gone.
+  local at = redis.call('PEXPIRETIME', key)
+  if at == deadline then
     -- leave it
-  elseif ttl == -1 then
+  elseif at == -1 then
     redis.call('ZREM', deadlines, key)
     redis.call('HDEL', values, key)
   else
     redis.call('ZADD', gone, ms(now), key)
     redis.call('HSET', gone_deadlines, key, ms(deadline))
-    if ttl >= 0 then
-      redis.call('ZADD', deadlines, ms(now + ttl), key)
+    if at >= 0 then
+      redis.call('ZADD', deadlines, at, key)
     else
       redis.call('ZREM', deadlines, key)
     end

@@ -258,3 +258,20 @@ def test_a_locked_order_waits_for_its_lock_and_delays_no_other(
     assert_exactly_once(mysql_url, numbers, [daemon], recorded=False)
     final = [line for line in daemon.handled() if line["order_sn"] == locked][-1]
     assert (final["outcome"], final["attempt"]) == ("applied", 1)
+
+
+@pytest.mark.dead_letters(1)
+def test_a_statement_that_hangs_fails_before_its_lease_lapses(
+    mysql_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    numbers = shop(mysql_url, 1)
+    hangs = (
+        '[[routes]]\npattern = "hang:{order_sn}"\nhandler = "sql"\nretry = { attempts = 1 }\n'
+        'sql = "UPDATE orders SET status = 3 WHERE order_sn = :order_sn AND SLEEP(20) = 0"\n'
+    )
+    daemon = start_daemon(mysql_url, FAST + hangs + ORDER_ROUTES)
+    setex(redis_db.client(), f"hang:{numbers[0]}", 1)
+    (line,) = daemon.wait_for_event("expiry.handled", timeout=15)
+    assert line["outcome"] == "dead" and "2013" in line["error"]  # lost: timed out
+    assert not daemon.events("jobs.requeued")
+    assert statuses(mysql_url) == {numbers[0]: 0}
