@@ -141,6 +141,7 @@ class Worker:
                 if self.stop.is_set():
                     self._settle(done, jobs)
                     done = []
+                self._renew_if_due(jobs)
             self._settle(done, jobs)
         finally:
             self.in_hand = 0
@@ -148,6 +149,9 @@ class Worker:
     def _settle(self, done: list[Settlement], jobs: list[Job]) -> None:
         self.queue.settle(self._token, done)
         self.in_hand -= len(done)
+        self._renew_if_due(jobs)
+
+    def _renew_if_due(self, jobs: list[Job]) -> None:
         if time.monotonic() - self._renewed > self.settings.lease_seconds / 3:
             # The heartbeat: a live worker's lease does not lapse while it works.
             lease_ms = self.settings.lease_seconds * 1000
