@@ -28,6 +28,7 @@ def redis_db(redis_server: RedisServer) -> RedisServer:
     if redis_server.process is None:
         redis_server.start()
     client = redis_server.client()
+    client.execute_command("ACL", "SETUSER", "default", "on", "nopass", "~*", "&*", "+@all")
     client.flushall()
     client.config_set("notify-keyspace-events", "Egx")
     client.close()
