@@ -184,11 +184,6 @@ class Worker:
             attempt.duration_ms = share
         return [self._conclude(a) for a in group]
 
-    def handle(self, job: Job) -> Settlement:
-        """Route and run one job on its own; log one line; say what becomes of it."""
-        (settled,) = [s for group in self._run_jobs([job]) for s in group]
-        return settled
-
     def _prepare(self, job: Job) -> _Attempt:
         """The job's log fields, and the expiry its handler gets, or already its ruling."""
         attempt = _Attempt(job, {"key": display_key(job.key), "route": None, "handler": None})

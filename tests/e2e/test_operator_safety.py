@@ -94,7 +94,7 @@ def test_an_eviction_policy_that_could_drop_expiryds_state_is_refused_by_check(
     assert "CONFIG SET maxmemory-policy noeviction" in warning["error"]
 
 
-def test_a_config_it_may_not_read_is_one_line_not_a_traceback(sqlite_url: str) -> None:
+def test_a_config_it_may_not_read_is_one_line_not_a_traceback() -> None:
     directory = Path(tempfile.mkdtemp(prefix="expiryd-perm-"))
     try:
         private = directory / "etc"
@@ -118,7 +118,6 @@ def test_a_config_it_may_not_read_is_one_line_not_a_traceback(sqlite_url: str) -
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("expiryd: error: ") and "Permission denied" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    del sqlite_url
 
 
 @pytest.mark.dead_letters(1)

@@ -12,13 +12,24 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import StartDaemon
-from tests.support.daemon import setex
+from tests.support.daemon import DaemonProcess, setex
 from tests.support.servers import RedisServer
 from tests.support.shop import add_calls, calls
 
 RAISE = '[[routes]]\npattern = "raise:{kind}"\nhandler = "tests.support.hooks:raise_named"\n'
 ACCEPT = '[[routes]]\npattern = "t:{n}"\nhandler = "tests.support.hooks:accept"\n'
 SLOW = '[[routes]]\npattern = "slow:{n}"\nhandler = "tests.support.hooks:record_call_slowly"\n'
+
+
+def lease_a_slow_job(
+    start_daemon: StartDaemon, redis_db: RedisServer, url: str, body: str, sleep: str
+) -> DaemonProcess:
+    """A daemon whose handler takes `sleep` seconds, holding the lease of one job."""
+    add_calls(url)
+    daemon = start_daemon(url, body, env={"HOOK_DATABASE_URL": url, "HOOK_SLEEP": sleep})
+    setex(redis_db.client(), "slow:1", 1)
+    daemon.wait_for(lambda: redis_db.client().zcard("expiryd:jobs:leases") == 1, 10, "a lease")
+    return daemon
 
 
 @pytest.mark.dead_letters(4)
@@ -77,15 +88,12 @@ def test_a_daemon_killed_with_a_job_in_hand_uses_up_no_attempt(
 ) -> None:
     """With attempts = 1, the job of a killed worker is handed out again when its lease
     lapses (observed), and runs to completion once."""
-    add_calls(sqlite_url)
     body = "[worker]\nlease_seconds = 2\n[retry]\nattempts = 1\n" + SLOW
-    env = {"HOOK_DATABASE_URL": sqlite_url, "HOOK_SLEEP": "3"}
-    first = start_daemon(sqlite_url, body, env=env)
-    setex(redis_db.client(), "slow:1", 1)
-    first.wait_for(lambda: redis_db.client().zcard("expiryd:jobs:leases") == 1, 10, "a lease")
+    first = lease_a_slow_job(start_daemon, redis_db, sqlite_url, body, sleep="3")
     first.stop(signal.SIGKILL)
 
-    second = start_daemon(sqlite_url, body, env={**env, "HOOK_SLEEP": "0"})
+    env = {"HOOK_DATABASE_URL": sqlite_url, "HOOK_SLEEP": "0"}
+    second = start_daemon(sqlite_url, body, env=env)
     (line,) = second.wait_for_event("expiry.handled", timeout=20)
     assert second.events("jobs.requeued")
     assert (line["outcome"], line["attempt"]) == ("applied", 1)
@@ -133,12 +141,8 @@ def test_a_custom_handler_receives_the_id_attempt_and_deadline(
 def test_a_stop_that_outlasts_the_grace_ends_within_it(
     sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:
-    add_calls(sqlite_url)
     body = "[worker]\ngrace_seconds = 2\nlease_seconds = 30\n" + SLOW
-    env = {"HOOK_DATABASE_URL": sqlite_url, "HOOK_SLEEP": "20"}
-    daemon = start_daemon(sqlite_url, body, env=env)
-    setex(redis_db.client(), "slow:1", 1)
-    daemon.wait_for(lambda: redis_db.client().zcard("expiryd:jobs:leases") == 1, 10, "a lease")
+    daemon = lease_a_slow_job(start_daemon, redis_db, sqlite_url, body, sleep="20")
     asked = time.monotonic()
     assert daemon.stop(signal.SIGTERM, timeout=10) == 0
     assert time.monotonic() - asked < 4
