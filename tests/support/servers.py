@@ -92,8 +92,9 @@ class MariaDB:
 
     password = "s3cret-pw"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, buffer_pool: str = "64M") -> None:
         self.workdir = workdir
+        self.buffer_pool = buffer_pool
         self.port = free_port()
         self.socket = str(workdir / "mysqld.sock")
         self.process: subprocess.Popen[bytes] | None = None
@@ -136,7 +137,7 @@ class MariaDB:
                 f"--pid-file={self.workdir / 'mysqld.pid'}",
                 "--skip-log-bin",
                 "--skip-name-resolve",
-                "--innodb-buffer-pool-size=64M",
+                f"--innodb-buffer-pool-size={self.buffer_pool}",
                 "--innodb-flush-log-at-trx-commit=2",
                 f"--log-error={self.workdir / 'error.log'}",
             ],

@@ -1,0 +1,262 @@
+"""The three systems the bench runs on the same servers: expiryd (the real daemon, as a
+user runs it), the naive subscriber, and the database's ceiling."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pymysql
+import redis
+
+from bench import ceiling
+from bench.measure import CpuMeter, Result, peak_rss_mb, wait_for_changes
+from bench.orders import Shop, order_numbers, other_keys, schedule
+from expiryd.keyspace import Keyspace
+from tests.support.servers import MariaDB, RedisServer
+
+OTHER_KEYS = 100_000
+OTHER_TTL_MS = 3_600_000
+SCHEDULE_RATE = 25_000
+"""Keys per second the bench allows itself (and the daemon's ledger) to schedule them."""
+
+
+@dataclass
+class Scenario:
+    name: str
+    orders: int
+    spread_s: float = 0.0
+    others: int = 0
+    give_up_after_s: float = 900.0
+    """Stop waiting this long after the last deadline, and count what is left as lost."""
+
+    def deadlines_ms(self, first_ms: int) -> list[int]:
+        step = self.spread_s * 1000 / self.orders
+        return [first_ms + int(n * step) for n in range(self.orders)]
+
+
+@dataclass
+class Servers:
+    root: Path
+    redis: RedisServer
+    mariadb: MariaDB
+    databases: int = 0
+    settings: dict[str, dict[str, str]] = field(default_factory=dict)
+    workers: int = 0
+    profile: Path | None = None
+
+    def shop(self, orders: int) -> tuple[Shop, int, str]:
+        """A fresh database and Redis DB of their own; (shop, redis db, database name)."""
+        self.databases += 1
+        name = f"bench{self.databases}"
+        url = self.mariadb.create_database(name)
+        return Shop.create(url, self.mariadb.admin(name), orders), self.databases, name
+
+    def pids(self) -> dict[str, int]:
+        assert self.redis.process and self.mariadb.process
+        return {"redis-server": self.redis.process.pid, "mariadbd": self.mariadb.process.pid}
+
+
+def run_expiryd(servers: Servers, scenario: Scenario) -> Result:
+    shop, db, _ = servers.shop(scenario.orders)
+    client = servers.redis.client(db)
+    if scenario.others:
+        other_keys(client, scenario.others, OTHER_TTL_MS)
+    config = _write_config(servers, db, shop.url, scenario.name)
+    log = servers.root / f"expiryd-{scenario.name}.log"
+    daemons = [_expiryd("run", config, log)]
+    _wait_for_line(log, "listener.subscribed", daemons[0])
+    daemons += [
+        _expiryd("work", config, servers.root / f"work{n}-{scenario.name}.log")
+        for n in range(servers.workers)
+    ]
+    names = ["expiryd"] + [f"expiryd work {n + 1}" for n in range(servers.workers)]
+    pids = dict(zip(names, (d.pid for d in daemons), strict=True))
+    result = _measure(servers, scenario, shop, client, pids, Keyspace("expiryd:", db))
+    result.peak_rss_mb = peak_rss_mb(daemons[0].pid)
+    handled = sum(_stop(d, path) for d, path in zip(daemons, _logs(servers, scenario), strict=True))
+    if handled != result.changed_once:
+        result.notes.append(f"{handled} expiry.handled lines for {result.changed_once} orders")
+    return result
+
+
+def run_naive(servers: Servers, scenario: Scenario) -> Result:
+    shop, db, name = servers.shop(scenario.orders)
+    client = servers.redis.client(db)
+    mariadb = servers.mariadb
+    subscriber = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.naive",
+            servers.redis.url(db),
+            str(db),
+            "127.0.0.1",
+            str(mariadb.port),
+            "expiryd",
+            mariadb.password,
+            name,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert subscriber.stdout is not None
+    subscriber.stdout.readline()
+    result = _measure(servers, scenario, shop, client, {"naive": subscriber.pid}, None)
+    result.peak_rss_mb = peak_rss_mb(subscriber.pid)
+    subscriber.terminate()
+    subscriber.wait(10)
+    return result
+
+
+def run_ceiling(servers: Servers, orders: int) -> Result:
+    shop, _, name = servers.shop(orders)
+    mariadb = servers.mariadb
+    connection = pymysql.connect(
+        host="127.0.0.1",
+        port=mariadb.port,
+        user="expiryd",
+        password=mariadb.password,
+        database=name,
+        ssl_disabled=True,
+    )
+    meter = CpuMeter(servers.pids())
+    bench_cpu = time.process_time()
+    meter.start()
+    started = ceiling.cancel_all(connection, order_numbers(orders))
+    cpu = meter.stop()
+    cpu["bench (client)"] = time.process_time() - bench_cpu
+    connection.close()
+    numbers = order_numbers(orders)
+    return Result("ceiling", "burst", orders, dict.fromkeys(numbers, started), shop.changes(), cpu)
+
+
+def _measure(
+    servers: Servers,
+    scenario: Scenario,
+    shop: Shop,
+    client: redis.Redis,
+    pids: dict[str, int],
+    keyspace: Keyspace | None,
+) -> Result:
+    """Schedule the orders, then measure from the first deadline to the last change."""
+    numbers = order_numbers(scenario.orders)
+    lead_s = 3 + scenario.orders / SCHEDULE_RATE
+    first_ms = int((time.time() + lead_s) * 1000)
+    deadlines_ms = scenario.deadlines_ms(first_ms)
+    schedule(client, numbers, deadlines_ms)
+    notes = []
+    if keyspace is not None and (recorded := _recorded_by(client, keyspace, first_ms)) < len(
+        numbers
+    ):
+        notes.append(f"{recorded} of {len(numbers)} deadlines recorded by the first deadline")
+    time.sleep(max(0.0, first_ms / 1000 - time.time()))
+    client.config_resetstat()
+    meter = CpuMeter({**pids, **servers.pids()})
+    meter.start()
+    profiler = _profile(servers, pids, scenario)
+    last_s = deadlines_ms[-1] / 1000
+    wait_for_changes(shop.changed, scenario.orders, last_s + scenario.give_up_after_s)
+    cpu = meter.stop()
+    if profiler:
+        profiler.send_signal(signal.SIGINT)
+        profiler.wait(60)
+    deadlines = {n: d / 1000 for n, d in zip(numbers, deadlines_ms, strict=True)}
+    name = "naive" if keyspace is None else "expiryd"
+    result = Result(name, scenario.name, scenario.orders, deadlines, shop.changes(), cpu)
+    result.notes += notes
+    result.commandstats = dict(client.info("commandstats"))
+    return result
+
+
+def _recorded_by(client: redis.Redis, keyspace: Keyspace, when_ms: int) -> int:
+    while True:
+        recorded = int(client.zcard(keyspace.deadlines))
+        if recorded >= client.dbsize() or time.time() * 1000 >= when_ms - 500:
+            return recorded
+        time.sleep(0.2)
+
+
+def _profile(
+    servers: Servers, pids: dict[str, int], scenario: Scenario
+) -> subprocess.Popen[bytes] | None:
+    if servers.profile is None or "expiryd" not in pids:
+        return None
+    out = servers.profile / f"profile-{scenario.name}.txt"
+    return subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pids["expiryd"]),
+            "--format",
+            "raw",
+            "--threads",
+            "--rate",
+            "50",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _write_config(servers: Servers, db: int, url: str, name: str) -> Path:
+    sections = {"redis": {"url": f'"{servers.redis.url(db)}"'}, "database": {"url": f'"{url}"'}}
+    for section, values in servers.settings.items():
+        sections.setdefault(section, {}).update(values)
+    text = "".join(
+        f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+        for section, values in sections.items()
+    )
+    path = servers.root / f"expiryd-{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def _expiryd(command: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "expiryd",
+                command,
+                "--config",
+                str(config),
+                "--log-format",
+                "json",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _logs(servers: Servers, scenario: Scenario) -> list[Path]:
+    return [servers.root / f"expiryd-{scenario.name}.log"] + [
+        servers.root / f"work{n}-{scenario.name}.log" for n in range(servers.workers)
+    ]
+
+
+def _wait_for_line(log: Path, event: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if f'"{event}"' in log.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            raise SystemExit(f"expiryd exited: {log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.1)
+    raise SystemExit(f"expiryd never logged {event}")
+
+
+def _stop(process: subprocess.Popen[bytes], log: Path) -> int:
+    """Stop a daemon; the expiry.handled lines it wrote."""
+    process.terminate()
+    process.wait(60)
+    with log.open(errors="replace") as lines:
+        return sum(1 for line in lines if '"expiry.handled"' in line)
