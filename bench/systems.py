@@ -189,13 +189,14 @@ def _profile(
     out = servers.profile / f"profile-{scenario.name}.txt"
     return subprocess.Popen(
         [
-            "py-spy",
+            str(Path(sys.executable).parent / "py-spy"),
             "record",
             "--pid",
             str(pids["expiryd"]),
             "--format",
             "raw",
             "--threads",
+            "--gil",
             "--rate",
             "50",
             "--output",

@@ -21,9 +21,9 @@ fit (the scripts are in `expiryd/lua/`):
 from __future__ import annotations
 
 import enum
-import uuid
+import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 
@@ -46,8 +46,13 @@ class Step:
     fresh_ms: int | None = None
     """For a claim: when this daemon found a newer incarnation of the key already over,
     so that an older claim of the key is not taken for this one."""
-    random_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    """For a claim of an expiry whose deadline nobody recorded: its id."""
+    random_id: str = ""
+    """For a claim of an expiry whose deadline nobody recorded: its id, drawn once per
+    step, so that a window tried again queues the same job."""
+
+    def __post_init__(self) -> None:
+        if self.op is Op.CLAIM and not self.random_id:
+            object.__setattr__(self, "random_id", os.urandom(16).hex())
 
     def args(self) -> list[bytes | str | int]:
         if self.op is not Op.CLAIM:

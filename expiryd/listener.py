@@ -12,7 +12,6 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from expiryd import defaults
 from expiryd.backoff import Backoff
@@ -99,24 +98,28 @@ class Listener:
             health_check_interval=defaults.HEALTH_CHECK_SECONDS,
             socket_keepalive_options=_KEEPALIVE,
         )
-        pubsub = client.pubsub(ignore_subscribe_messages=False)
+        pubsub = client.pubsub()
         self._confirmed = 0
         try:
             ensure_notifications(self.target, client, self.configure_redis)
             pubsub.subscribe(*self._kinds)
             while not self.stop.is_set():
-                self._receive(pubsub.get_message(timeout=1.0))
+                # The raw reply, without get_message's per-message dict and bookkeeping:
+                # this loop runs once per event, hundreds of thousands of times a second.
+                self._receive(pubsub.parse_response(block=False, timeout=1.0))
         finally:
             self.subscribed.clear()
             pubsub.close()
             client.close()
 
-    def _receive(self, message: dict[str, Any] | None) -> None:
-        if message is None:
+    def _receive(self, reply: list[bytes] | None) -> None:
+        """One reply of the subscribed connection: [b"message", channel, data], or
+        [b"subscribe", channel, count] once per channel subscribed."""
+        if not reply:
             return
-        if message["type"] == "message":
-            self.on_event(Event(self._kinds[message["channel"]], message["data"]))
-        elif message["type"] == "subscribe":
+        if reply[0] == b"message":
+            self.on_event(Event(self._kinds[reply[1]], reply[2]))
+        elif reply[0] == b"subscribe":
             self._confirmed += 1
             if self._confirmed == len(self._kinds):
                 # The server's confirmation: from here on, no event is missed.

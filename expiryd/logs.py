@@ -11,6 +11,7 @@ import re
 import sys
 from typing import Any
 
+import orjson
 import structlog
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -43,20 +44,23 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
     renderers: list[Any] = (
         [
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(ensure_ascii=False),
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ]
         if log_format == "json"
         else [_escape_strings, structlog.dev.ConsoleRenderer()]
     )
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=(
+            structlog.BytesLoggerFactory(sys.stdout.buffer)
+            if log_format == "json"
+            else structlog.PrintLoggerFactory(sys.stdout)
+        ),
         cache_logger_on_first_use=True,
     )
 

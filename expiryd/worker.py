@@ -188,14 +188,15 @@ class Worker:
         """The job's log fields, and the expiry its handler gets, or already its ruling."""
         attempt = _Attempt(job, {"key": display_key(job.key), "route": None, "handler": None})
         try:
-            attempt.line.update(_timing(job))
-            self._route(attempt)
+            deadline = _datetime(job.deadline_ms)
+            attempt.line.update(_timing(job, deadline))
+            self._route(attempt, deadline)
         except Exception as exc:  # expiryd's own step failed: this job's outcome, not a crash
             error = f"expiryd could not handle this job: {describe_error(exc)}"
             attempt.ruling = Ruling.dead(error)
         return attempt
 
-    def _route(self, attempt: _Attempt) -> None:
+    def _route(self, attempt: _Attempt, deadline: datetime | None) -> None:
         job = attempt.job
         if job.lapses >= defaults.MAX_LAPSES:
             error = f"its worker stopped {job.lapses} times while running it (killed or crashed)"
@@ -220,7 +221,7 @@ class Worker:
             route=match.route.name,
             fields=match.fields,
             value=job.value,
-            deadline=_datetime(job.deadline_ms),
+            deadline=deadline,
             id=job.id,
             attempt=job.attempt + 1,
         )
@@ -287,9 +288,8 @@ class Worker:
             log("expiry.handled", key=line["key"], outcome=outcome.value, log_error=str(exc))
 
 
-def _timing(job: Job) -> dict[str, Any]:
+def _timing(job: Job, deadline: datetime | None) -> dict[str, Any]:
     """The log fields that say which expiry this is, when it was due and how it was found."""
-    deadline = _datetime(job.deadline_ms)
     late = None if job.deadline_ms is None else int(time.time() * 1000) - job.deadline_ms
     return {
         "expiry_id": job.id,
