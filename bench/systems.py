@@ -76,9 +76,12 @@ def run_expiryd(servers: Servers, scenario: Scenario) -> Result:
     ]
     names = ["expiryd"] + [f"expiryd work {n + 1}" for n in range(servers.workers)]
     pids = dict(zip(names, (d.pid for d in daemons), strict=True))
-    result = _measure(servers, scenario, shop, client, pids, Keyspace("expiryd:", db))
-    result.peak_rss_mb = peak_rss_mb(daemons[0].pid)
-    handled = sum(_stop(d, path) for d, path in zip(daemons, _logs(servers, scenario), strict=True))
+    try:
+        result = _measure(servers, scenario, shop, client, pids, Keyspace("expiryd:", db))
+        result.peak_rss_mb = peak_rss_mb(daemons[0].pid)
+    finally:
+        logs = _logs(servers, scenario)
+        handled = sum(_stop(d, path) for d, path in zip(daemons, logs, strict=True))
     if handled != result.changed_once:
         result.notes.append(f"{handled} expiry.handled lines for {result.changed_once} orders")
     return result
@@ -106,10 +109,12 @@ def run_naive(servers: Servers, scenario: Scenario) -> Result:
     )
     assert subscriber.stdout is not None
     subscriber.stdout.readline()
-    result = _measure(servers, scenario, shop, client, {"naive": subscriber.pid}, None)
-    result.peak_rss_mb = peak_rss_mb(subscriber.pid)
-    subscriber.terminate()
-    subscriber.wait(10)
+    try:
+        result = _measure(servers, scenario, shop, client, {"naive": subscriber.pid}, None)
+        result.peak_rss_mb = peak_rss_mb(subscriber.pid)
+    finally:
+        subscriber.terminate()
+        subscriber.wait(10)
     return result
 
 

@@ -52,12 +52,14 @@ class Keyspace:
         return f"{self.prefix}jobs:dead"
 
     @property
-    def job_prefix(self) -> str:
-        """Each job is a HASH at this prefix plus its id."""
-        return f"{self.prefix}job:"
+    def jobs(self) -> str:
+        """HASH: job id -> the job's record, packed (see `lua/jobs.lua`)."""
+        return f"{self.prefix}jobs"
 
-    def job(self, job_id: str) -> str:
-        return f"{self.job_prefix}{job_id}"
+    @property
+    def owners(self) -> str:
+        """HASH: job id -> the token of the worker holding its lease, and its mark."""
+        return f"{self.prefix}jobs:owners"
 
     @property
     def sweep_channel(self) -> str:

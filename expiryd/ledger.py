@@ -90,20 +90,17 @@ class Ledger:
         self.max_value_bytes = max_value_bytes
         self._keep_ms = claims_kept_seconds * 1000
         ks = keyspace
-        self._keys = [ks.deadlines, ks.gone, ks.gone_deadlines, ks.values, ks.claimed, ks.ready]
-        self._apply = lua.register(client, "ledger_apply", "clock", "enqueue")
-        self._reconcile = lua.register(client, "ledger_reconcile", "clock", "enqueue")
+        self._keys = [
+            ks.deadlines, ks.gone, ks.gone_deadlines, ks.values, ks.claimed, ks.ready, ks.jobs
+        ]  # fmt: skip
+        self._apply = lua.register(client, "ledger_apply", *lua.ENQUEUE)
+        self._reconcile = lua.register(client, "ledger_reconcile", *lua.ENQUEUE)
         self._sweep = lua.register(client, "ledger_sweep", "clock")
 
     def apply(self, steps: Sequence[Step]) -> Applied:
         """Apply the steps in order, in one round trip."""
         capture = "1" if self.capture_values else "0"
-        args: list[bytes | str | int] = [
-            self.keyspace.job_prefix,
-            capture,
-            self.max_value_bytes,
-            self._keep_ms,
-        ]
+        args: list[bytes | str | int] = [capture, self.max_value_bytes, self._keep_ms]
         for step in steps:
             args += step.args()
         now, oversize, *replies = self._apply(keys=self._keys, args=args)
@@ -121,9 +118,7 @@ class Ledger:
         nobody announced; the number recovered."""
         recovered = 0
         while True:
-            looked_at, queued = self._reconcile(
-                keys=self._keys, args=[self.keyspace.job_prefix, found_until_ms, limit]
-            )
+            looked_at, queued = self._reconcile(keys=self._keys, args=[found_until_ms, limit])
             recovered += int(queued)
             if looked_at < limit:
                 return recovered

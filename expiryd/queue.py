@@ -1,11 +1,11 @@
 """Durable work in Redis: every claimed expiry is a job that waits in `ready`, is leased by
 one worker, and is then acknowledged, retried later, or dead-lettered.
 
-A job is a HASH (key, source, deadline, value, enqueued, attempt, lapses, lease, error,
-failed_at). `attempt` counts the attempts whose outcome was recorded, `lapses` the leases
-that ran out under a worker that died. A worker's lease is a token written into the job:
-settling a job whose lease has passed to another worker does nothing, so a slow worker
-cannot undo a newer attempt.
+Jobs live in one HASH, id -> a record packed with Redis's own cmsgpack (the layout is in
+`lua/jobs.lua`), so that every script names every key it touches, and a batch of jobs is
+a handful of commands however large it is. A worker's lease is its token in the owners
+HASH: settling a job whose lease has passed to another worker does nothing, so a slow
+worker cannot undo a newer attempt.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import redis
 
 from expiryd import lua
@@ -39,27 +40,41 @@ class Job:
     lapses: int = 0
     """Times a worker holding it died (or its lease ran out) before settling it."""
 
+    unreadable: str = ""
+    """Why its record could not be read, when it could not: it is dead-lettered as is."""
+
     @classmethod
-    def from_hash(cls, job_id: str, fields: dict[bytes, bytes]) -> Job:
+    def unpack(cls, job_id: str, record: bytes) -> Job:
+        try:
+            return cls._unpack(job_id, record)
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:  # written by something else
+            problem = f"its record in Redis is not one expiryd wrote: {type(exc).__name__}: {exc}"
+            return cls(job_id, b"", Source.EVENT, 0, 0, error=problem, unreadable=problem)
+
+    @classmethod
+    def _unpack(cls, job_id: str, record: bytes) -> Job:
+        key, source, enqueued, deadline, value, attempt, lapses, error, failed = msgpack.unpackb(
+            record, raw=True
+        )
         return cls(
             id=job_id,
-            key=fields[b"key"],
-            source=Source(fields.get(b"source", b"event").decode()),
-            attempt=read_ms(fields.get(b"attempt")) or 0,
-            enqueued_ms=read_ms(fields.get(b"enqueued")) or 0,
-            deadline_ms=read_ms(fields.get(b"deadline")),
-            value=fields.get(b"value"),
-            error=fields.get(b"error", b"").decode("utf-8", "replace"),
-            failed_ms=read_ms(fields.get(b"failed_at")),
-            lapses=read_ms(fields.get(b"lapses")) or 0,
+            key=key,
+            source=Source(source.decode()),
+            attempt=whole(attempt) or 0,
+            enqueued_ms=whole(enqueued) or 0,
+            deadline_ms=whole(deadline),
+            value=value or None,
+            error=error.decode("utf-8", "replace"),
+            failed_ms=whole(failed),
+            lapses=whole(lapses) or 0,
         )
 
 
-def read_ms(raw: bytes | str | None) -> int | None:
-    """A whole number as Redis may write it: `1735000000000`, `1.735e+12`, `42`."""
-    if not raw:
+def whole(number: float | bool | None) -> int | None:
+    """A packed number, which Lua may have packed as a float; None for false or nil."""
+    if number is None or number is False:
         return None
-    return int(float(raw))
+    return int(number)
 
 
 @dataclass(frozen=True)
@@ -80,62 +95,64 @@ class JobQueue:
 
     def __post_init__(self) -> None:
         for name in ("take", "settle", "requeue", "replay", "mark", "extend"):
-            self._scripts[name] = lua.register(self.client, f"queue_{name}", "clock")
+            self._scripts[name] = lua.register(self.client, f"queue_{name}", *lua.JOBS)
 
     def take(self, limit: int, lease_ms: int, token: str) -> list[Job]:
         """Lease up to `limit` jobs that are due."""
         ks = self.keyspace
         taken = self._scripts["take"](
-            keys=[ks.ready, ks.leases], args=[limit, lease_ms, token, ks.job_prefix]
+            keys=[ks.ready, ks.leases, ks.jobs, ks.owners], args=[limit, lease_ms, token]
         )
-        return [Job.from_hash(job_id.decode(), _pairs(flat)) for job_id, flat in taken]
+        return [
+            Job.unpack(i.decode(), record)
+            for i, record in zip(taken[::2], taken[1::2], strict=True)
+        ]
 
     def settle(self, token: str, settlements: Sequence[Settlement]) -> int:
         """Record the outcome of jobs leased with `token`; the number still ours."""
         if not settlements:
             return 0
-        args: list[Any] = [token, self.keyspace.job_prefix]
+        args: list[Any] = [token]
         for s in settlements:
             args += [s.job_id, s.action, s.delay_ms, s.error]
         ks = self.keyspace
-        return int(self._scripts["settle"](keys=[ks.leases, ks.ready, ks.dead], args=args))
+        keys = [ks.leases, ks.ready, ks.dead, ks.jobs, ks.owners]
+        return int(self._scripts["settle"](keys=keys, args=args))
 
     def extend(self, token: str, job_ids: Sequence[str], lease_ms: int) -> int:
         """Renew the lease of jobs still held with `token`; the number still ours."""
-        if not job_ids:
-            return 0
-        args = [token, self.keyspace.job_prefix, lease_ms, *job_ids]
-        return int(self._scripts["extend"](keys=[self.keyspace.leases], args=args))
+        ks = self.keyspace
+        return sum(
+            int(self._scripts["extend"](keys=[ks.leases, ks.owners], args=[token, lease_ms, *ids]))
+            for ids in _chunks(job_ids)
+        )
 
     def mark(self, token: str, job_ids: Sequence[str], started: bool) -> None:
         """Mark jobs of a batch as waiting, or as the one running now (see requeue)."""
-        mark = token if started else "-"
-        self._scripts["mark"](keys=[], args=[token, self.keyspace.job_prefix, mark, *job_ids])
+        mark = "+" if started else "-"
+        for ids in _chunks(job_ids):
+            self._scripts["mark"](keys=[self.keyspace.owners], args=[token, mark, *ids])
 
     def requeue_lapsed(self, limit: int = CHUNK) -> int:
         """Hand out again the jobs whose worker's lease ran out."""
         ks = self.keyspace
-        return int(
-            self._scripts["requeue"](keys=[ks.leases, ks.ready], args=[ks.job_prefix, limit])
-        )
+        keys = [ks.leases, ks.ready, ks.jobs, ks.owners]
+        return int(self._scripts["requeue"](keys=keys, args=[limit]))
 
     def dead(self) -> list[Job]:
         members: list[bytes] = self.client.zrange(self.keyspace.dead, 0, -1)  # type: ignore[assignment]
         jobs: list[Job] = []
         for chunk in _chunks([job_id.decode() for job_id in members]):
-            with self.client.pipeline(transaction=False) as pipe:
-                for job_id in chunk:
-                    pipe.hgetall(self.keyspace.job(job_id))
-                found = pipe.execute()
+            found: list[bytes | None] = self.client.hmget(self.keyspace.jobs, chunk)  # type: ignore[assignment]
             jobs += [
-                Job.from_hash(i, fields) for i, fields in zip(chunk, found, strict=True) if fields
+                Job.unpack(i, record) for i, record in zip(chunk, found, strict=True) if record
             ]
         return jobs
 
     def replay(self, job_ids: Sequence[str]) -> int:
         ks = self.keyspace
         return sum(
-            int(self._scripts["replay"](keys=[ks.dead, ks.ready], args=[ks.job_prefix, *chunk]))
+            int(self._scripts["replay"](keys=[ks.dead, ks.ready, ks.jobs], args=[*chunk]))
             for chunk in _chunks(job_ids)
         )
 
@@ -144,7 +161,7 @@ class JobQueue:
         for chunk in _chunks(job_ids):
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.zrem(self.keyspace.dead, *chunk)
-                pipe.delete(*[self.keyspace.job(job_id) for job_id in chunk])
+                pipe.hdel(self.keyspace.jobs, *chunk)
                 gone, _ = pipe.execute()
             removed += int(gone)
         return removed
@@ -157,10 +174,6 @@ class JobQueue:
             pipe.zcard(ks.dead)
             ready, leased, dead = pipe.execute()
         return {"ready": ready, "leased": leased, "dead": dead}
-
-
-def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:

@@ -198,6 +198,9 @@ class Worker:
 
     def _route(self, attempt: _Attempt, deadline: datetime | None) -> None:
         job = attempt.job
+        if job.unreadable:
+            attempt.ruling = Ruling.dead(job.unreadable)
+            return
         if job.lapses >= defaults.MAX_LAPSES:
             error = f"its worker stopped {job.lapses} times while running it (killed or crashed)"
             attempt.ruling = Ruling.dead(error)

@@ -13,6 +13,11 @@ from importlib import resources
 import redis
 from redis.commands.core import Script
 
+JOBS = ("clock", "batch", "jobs")
+"""The helpers of every script that reads or writes jobs."""
+ENQUEUE = (*JOBS, "enqueue")
+"""The helpers of every script that queues jobs."""
+
 
 @cache
 def source(name: str, *helpers: str) -> str:

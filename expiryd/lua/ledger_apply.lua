@@ -1,6 +1,6 @@
 -- A window of keyspace events, applied in the order Redis published them.
--- KEYS: deadlines, gone, gone_deadlines, values, claimed, ready
--- ARGV: job prefix, capture ('1'/'0'), max value bytes, keep claims ms, then the events:
+-- KEYS: deadlines, gone, gone_deadlines, values, claimed, ready, jobs
+-- ARGV: capture ('1'/'0'), max value bytes, keep claims ms, then the events:
 --   'r', key                  record: the key got a TTL (expire, rename_to, restore, ...)
 --   'f', key                  forget: the key left without expiring (del, persist, ...)
 --   'c', key, fresh_ms, id    claim: the key expired. fresh_ms (or '') is when this daemon
@@ -9,8 +9,11 @@
 -- Returns {now, oversize values, one reply per event}: record 1 (recorded), 0 (no TTL)
 -- or -2 (already gone); forget 0; claim the job id, or 0 when it was claimed before.
 local deadlines, gone, gone_deadlines, values, claimed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local q = {ready = KEYS[6], job_prefix = ARGV[1]}
-local capture, max_value = ARGV[2] == '1', tonumber(ARGV[3])
+local q = {ready = KEYS[6], jobs = KEYS[7]}
+local capture, max_value = ARGV[1] == '1', tonumber(ARGV[2])
+-- Values are looked up only while some may be kept (captured, or left from a time they
+-- were): two commands per event saved when capture_values is off.
+local has_values = capture or redis.call('EXISTS', values) == 1
 local oversize = 0
 -- Keys whose record found a newer incarnation already over, earlier in this window: its
 -- `expired` event is for that incarnation, whatever was claimed before it.
@@ -27,6 +30,12 @@ local function capture_value(key)
   redis.call('HDEL', values, key)
 end
 
+local function take_value(key)
+  local value = redis.call('HGET', values, key)
+  redis.call('HDEL', values, key)
+  return value
+end
+
 local function record(key)
   over_when_recorded[key] = nil
   -- The deadline exactly as Redis keeps it: now + PTTL would drift with the time this
@@ -34,12 +43,16 @@ local function record(key)
   local at = redis.call('PEXPIRETIME', key)
   if at >= 0 then
     redis.call('ZADD', deadlines, at, key)
-    if capture then capture_value(key) end
+    if capture then
+      capture_value(key)
+    elseif has_values then
+      redis.call('HDEL', values, key)
+    end
     return 1
   end
   -- No TTL, or already gone: the incarnation recorded before was replaced by this one.
   redis.call('ZREM', deadlines, key)
-  redis.call('HDEL', values, key)
+  if has_values then redis.call('HDEL', values, key) end
   if at == -1 then return 0 end
   over_when_recorded[key] = true
   return -2
@@ -50,7 +63,7 @@ local function forget(key)
   redis.call('ZREM', deadlines, key)
   redis.call('ZREM', gone, key)
   redis.call('HDEL', gone_deadlines, key)
-  redis.call('HDEL', values, key)
+  if has_values then redis.call('HDEL', values, key) end
   return 0
 end
 
@@ -75,14 +88,13 @@ local function claim(key, fresh, random_id)
       if last and (not fresh or last > fresh) then return 0 end
     end
   end
-  local value = redis.call('HGET', values, key)
-  redis.call('HDEL', values, key)
+  local value = has_values and take_value(key)
   redis.call('ZADD', claimed, ms(now), key)
   return enqueue(q, job_id(key, deadline, random_id), key, source, deadline, value)
 end
 
 local replies = {now, 0}
-local i = 5
+local i = 4
 while i <= #ARGV do
   local op, key = ARGV[i], ARGV[i + 1]
   if op == 'c' then
@@ -93,6 +105,6 @@ while i <= #ARGV do
     i = i + 2
   end
 end
-redis.call('ZREMRANGEBYSCORE', claimed, '-inf', ms(now - tonumber(ARGV[4])))
+redis.call('ZREMRANGEBYSCORE', claimed, '-inf', ms(now - tonumber(ARGV[3])))
 replies[2] = oversize
 return replies

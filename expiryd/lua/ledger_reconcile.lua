@@ -2,14 +2,14 @@
 -- event published before it has been applied, so an incarnation still in `gone` then
 -- expired while nobody listened, and is claimed as recovered. One that lives on with a
 -- newer deadline was replaced, not expired, and is dropped.
--- KEYS: deadlines, gone, gone_deadlines, values, claimed, ready
--- ARGV: job prefix, marker time (ms), limit
+-- KEYS: deadlines, gone, gone_deadlines, values, claimed, ready, jobs
+-- ARGV: marker time (ms), limit
 -- Only what was found before the marker's ms counts: another sweep in the same ms may
 -- have found a key gone after a DEL whose event comes after this marker. Those wait
 -- for the next marker.
 local deadlines, gone, gone_deadlines, values, claimed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local q = {ready = KEYS[6], job_prefix = ARGV[1]}
-local keys = redis.call('ZRANGEBYSCORE', gone, '-inf', '(' .. ARGV[2], 'LIMIT', 0, ARGV[3])
+local q = {ready = KEYS[6], jobs = KEYS[7]}
+local keys = redis.call('ZRANGEBYSCORE', gone, '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
 local recovered = 0
 for _, key in ipairs(keys) do
   local deadline = tonumber(redis.call('HGET', gone_deadlines, key))

@@ -1,10 +1,14 @@
--- Say which jobs of a batch a worker has started: '-' for none of them yet, or its token
--- for the one it is about to run, so that a lapse counts only against that one.
--- KEYS: (none)   ARGV: token, job prefix, mark, ids...
-for i = 4, #ARGV do
-  local job = ARGV[2] .. ARGV[i]
-  if redis.call('HGET', job, 'lease') == ARGV[1] then
-    redis.call('HSET', job, 'started', ARGV[3])
+-- Say which jobs of a batch a worker has started: '-' for none of them yet, or '+' for
+-- the one it is about to run, so that a lapse counts only against that one.
+-- KEYS: owners   ARGV: token, mark, ids...
+local ids = {unpack(ARGV, 3)}
+local held = hmget_many(KEYS[1], ids)
+local marked = {}
+for i, id in ipairs(ids) do
+  if owner(held[i]) == ARGV[1] then
+    table.insert(marked, id)
+    table.insert(marked, ARGV[1] .. ' ' .. ARGV[2])
   end
 end
-return 0
+call_many('HSET', KEYS[1], marked, 2)
+return #marked / 2

@@ -1,11 +1,18 @@
 -- Queue dead letters again from their first attempt.
--- KEYS: dead, ready   ARGV: job prefix, ids...
-local replayed = 0
-for i = 2, #ARGV do
-  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
-    redis.call('HSET', ARGV[1] .. ARGV[i], 'attempt', 0, 'lapses', 0, 'error', '', 'failed_at', '')
-    redis.call('ZADD', KEYS[2], ms(now), ARGV[i])
-    replayed = replayed + 1
+-- KEYS: dead, ready, jobs   ARGV: ids...
+local dead, ready, jobs = KEYS[1], KEYS[2], KEYS[3]
+local scores = redis.call('ZMSCORE', dead, unpack(ARGV))
+local ids, again = {}, {}
+for i, id in ipairs(ARGV) do
+  if scores[i] then
+    table.insert(ids, id)
+    table.insert(again, ms(now))
+    table.insert(again, id)
   end
 end
-return replayed
+call_many('ZREM', dead, ids)
+update_jobs(jobs, ids, hmget_many(jobs, ids), function(job)
+  job[ATTEMPT], job[LAPSES], job[ERROR], job[FAILED] = 0, 0, '', false
+end)
+call_many('ZADD', ready, again, 2)
+return #ids

@@ -1,19 +1,25 @@
 -- Hand out again the jobs whose worker's lease lapsed. A lapse counts against a job the
 -- worker may have been running when it died: any job of a batch it did not mark, and of
--- a batch it marked ('-' for waiting, its token once running), only the one it ran.
--- KEYS: leases, ready   ARGV: job prefix, limit
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms(now), 'LIMIT', 0, ARGV[2])
-for _, id in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], id)
-  local job = ARGV[1] .. id
-  if redis.call('EXISTS', job) == 1 then
-    local lease, started = unpack(redis.call('HMGET', job, 'lease', 'started'))
-    if not started or started == lease then
-      redis.call('HINCRBY', job, 'lapses', 1)
-    end
-    redis.call('HSET', job, 'lease', '')
-    redis.call('HDEL', job, 'started')
-    redis.call('ZADD', KEYS[2], ms(now), id)
+-- a batch it marked, only the one it said it ran.
+-- KEYS: leases, ready, jobs, owners   ARGV: limit
+local leases, ready, jobs, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ids = redis.call('ZRANGEBYSCORE', leases, '-inf', ms(now), 'LIMIT', 0, ARGV[1])
+if #ids == 0 then return 0 end
+call_many('ZREM', leases, ids)
+local held = hmget_many(owners, ids)
+call_many('HDEL', owners, ids)
+local records = hmget_many(jobs, ids)
+local lapsed, again = {}, {}
+for i, id in ipairs(ids) do
+  if records[i] then
+    local _, mark = owner(held[i])
+    lapsed[i] = mark ~= '-'
+    table.insert(again, ms(now))
+    table.insert(again, id)
   end
 end
+update_jobs(jobs, ids, records, function(job, i)
+  if lapsed[i] then job[LAPSES] = job[LAPSES] + 1 end
+end)
+call_many('ZADD', ready, again, 2)
 return #ids

@@ -1,15 +1,23 @@
 -- Lease up to `limit` due jobs to one worker (its token) until now + lease_ms.
--- KEYS: ready, leases   ARGV: limit, lease_ms, token, job prefix
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms(now), 'LIMIT', 0, ARGV[1])
-local taken = {}
-for _, id in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], id)
-  local job = ARGV[4] .. id
-  if redis.call('EXISTS', job) == 1 then
-    redis.call('ZADD', KEYS[2], ms(now + tonumber(ARGV[2])), id)
-    redis.call('HSET', job, 'lease', ARGV[3])
-    redis.call('HDEL', job, 'started')
-    table.insert(taken, {id, redis.call('HGETALL', job)})
+-- KEYS: ready, leases, jobs, owners   ARGV: limit, lease_ms, token
+-- Returns id, record, id, record...
+local ready, leases, jobs, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ids = redis.call('ZRANGEBYSCORE', ready, '-inf', ms(now), 'LIMIT', 0, ARGV[1])
+if #ids == 0 then return {} end
+call_many('ZREM', ready, ids)
+local records = hmget_many(jobs, ids)
+local until_ms = ms(now + tonumber(ARGV[2]))
+local taken, leased, owned = {}, {}, {}
+for i, id in ipairs(ids) do
+  if records[i] then
+    table.insert(taken, id)
+    table.insert(taken, records[i])
+    table.insert(leased, until_ms)
+    table.insert(leased, id)
+    table.insert(owned, id)
+    table.insert(owned, ARGV[3])
   end
 end
+call_many('ZADD', leases, leased, 2)
+call_many('HSET', owners, owned, 2)
 return taken

@@ -9,6 +9,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from tests.e2e.conftest import StartDaemon
@@ -64,23 +65,26 @@ def test_a_thread_that_ends_takes_the_daemon_down_with_a_traceback_in_json(
     assert "Traceback" not in daemon.stderr
 
 
-def test_jobs_redis_wrote_in_any_number_format_are_handled_and_settled(
+@pytest.mark.dead_letters(1)
+def test_jobs_with_numbers_packed_as_floats_or_unreadable_records_are_settled(
     sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:
-    """Deadlines as Redis >= 7.2 formats some scores, and past the year 9999."""
+    """Lua packs a number as a float when it is not whole; a deadline past the year 9999
+    fits no date; a record something else wrote is dead-lettered, not a crash."""
     client = redis_db.client()
-    for job_id, deadline in (("a" * 32, "1.735e+12"), ("b" * 32, "300000000000000")):
-        client.hset(
-            f"expiryd:job:{job_id}",
-            mapping={"key": f"t:{job_id[0]}", "source": "event", "enqueued": "1.7e+12",
-                     "attempt": "0", "deadline": deadline},
-        )  # fmt: skip
+    for job_id, deadline in (("a" * 32, 1.735e12), ("b" * 32, 300000000000000)):
+        record = [f"t:{job_id[0]}", "event", 1.7e12, deadline, False, 0.0, 0, "", False]
+        client.hset("expiryd:jobs", job_id, msgpack.packb(record))
         client.zadd("expiryd:jobs:ready", {job_id: 0})
+    client.hset("expiryd:jobs", "c" * 32, b"not a packed record")
+    client.zadd("expiryd:jobs:ready", {"c" * 32: 0})
     daemon = start_daemon(sqlite_url, ACCEPT)
 
-    lines = {line["key"]: line for line in daemon.wait_for_event("expiry.handled", 2)}
-    assert lines["t:a"]["deadline"] == "2024-12-24T00:26:40.000+00:00"
-    assert lines["t:b"]["deadline"] is None and lines["t:b"]["outcome"] == "applied"
+    lines = {line["expiry_id"]: line for line in daemon.wait_for_event("expiry.handled", 3)}
+    assert lines["a" * 32]["deadline"] == "2024-12-24T00:26:40.000+00:00"
+    assert lines["b" * 32]["deadline"] is None and lines["b" * 32]["outcome"] == "applied"
+    assert lines["c" * 32]["outcome"] == "dead"
+    assert "not one expiryd wrote" in lines["c" * 32]["error"]
 
 
 def test_a_daemon_killed_with_a_job_in_hand_uses_up_no_attempt(

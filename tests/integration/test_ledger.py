@@ -71,7 +71,9 @@ def test_forget_drops_deadline_and_value(client: redis.Redis, ledger: Ledger) ->
 
 def job(client: redis.Redis, job_id: str | None) -> Job:
     assert job_id is not None
-    return Job.from_hash(job_id, client.hgetall(KEYSPACE.job(job_id)))
+    record = client.hget(KEYSPACE.jobs, job_id)
+    assert record is not None
+    return Job.unpack(job_id, record)
 
 
 def test_an_expiry_is_claimed_once_and_queued_with_its_value(

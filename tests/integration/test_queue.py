@@ -35,7 +35,7 @@ def test_ack_deletes_the_job(client: redis.Redis, queue: JobQueue) -> None:
     (job_id,) = enqueue(client, b"k")
     queue.take(10, 30_000, "w1")
     assert queue.settle("w1", [Settlement(job_id, "ack")]) == 1
-    assert client.exists(KEYSPACE.job(job_id)) == 0
+    assert client.hlen(KEYSPACE.jobs) == client.hlen(KEYSPACE.owners) == 0
     assert queue.counts() == {"ready": 0, "leased": 0, "dead": 0}
 
 
@@ -83,7 +83,7 @@ def test_dead_letters_can_be_listed_replayed_and_purged(
     assert (replayed.id, replayed.attempt, replayed.error) == (first, 0, "")
     assert queue.purge([second]) == 1
     assert queue.dead() == []
-    assert client.exists(KEYSPACE.job(second)) == 0
+    assert client.hexists(KEYSPACE.jobs, second) == 0
 
 
 def test_replay_and_purge_work_in_chunks_over_many_dead_letters(

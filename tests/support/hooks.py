@@ -94,3 +94,13 @@ def raise_named(expiry: Expiry) -> None:
         "GeneratorExit": GeneratorExit,
     }
     raise kinds[expiry.fields["kind"]]()
+
+
+def record_span(expiry: Expiry) -> None:
+    """Sleeps $HOOK_SLEEP seconds, then appends the key, its id and when the call began
+    and ended, and the process that ran it, to $HOOK_OUT."""
+    began = time.time()
+    time.sleep(float(os.environ.get("HOOK_SLEEP", "1")))
+    span = {"key": expiry.key, "id": expiry.id, "began": began, "ended": time.time()}
+    with open(os.environ["HOOK_OUT"], "a") as out:
+        out.write(json.dumps({**span, "pid": os.getpid()}) + "\n")

@@ -1,13 +1,15 @@
+import msgpack
 import pytest
 
 from expiryd.backoff import backoff_delay
 from expiryd.connections import missing_flags
 from expiryd.durations import parse_duration
+from expiryd.expiry import Source
 from expiryd.handlers.callables import to_result
 from expiryd.handlers.orders import coerce
 from expiryd.logs import display_key
 from expiryd.outcomes import Outcome, Result
-from expiryd.queue import read_ms
+from expiryd.queue import Job
 from expiryd.redact import redact_url, url_passwords
 
 
@@ -95,12 +97,17 @@ def test_plain_digits_are_an_integer_order_number() -> None:
     assert coerce("SN1", str) == "SN1"
 
 
-@pytest.mark.parametrize(
-    ("raw", "value"),
-    [(b"1735000000000", 1735000000000), (b"1.735e+12", 1735000000000), ("42", 42), (b"", None)],
-)
-def test_scores_are_read_in_any_format_redis_writes(raw: bytes | str, value: int | None) -> None:
-    assert read_ms(raw) == value
+def test_job_records_are_read_whatever_number_types_lua_packed() -> None:
+    record = [b"k", b"nudge", 1.7e12, 1.735e12, False, 2.0, 1, b"", False]
+    job = Job.unpack("a" * 32, msgpack.packb(record))
+    assert (job.deadline_ms, job.enqueued_ms, job.attempt, job.lapses) == (1735e9, 17e11, 2, 1)
+    assert (job.source, job.value, job.failed_ms, job.unreadable) == (Source.NUDGE, None, None, "")
+
+
+@pytest.mark.parametrize("record", [b"", b"\x93\x01\x02\x03", msgpack.packb([b"k"] * 9)])
+def test_a_record_expiryd_did_not_write_is_unreadable_not_an_error(record: bytes) -> None:
+    job = Job.unpack("a" * 32, record)
+    assert job.unreadable.startswith("its record in Redis is not one expiryd wrote")
 
 
 def test_display_key_is_lenient_and_short() -> None:

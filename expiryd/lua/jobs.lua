@@ -1,0 +1,34 @@
+-- A job is one field of the jobs HASH: its id -> a record packed with cmsgpack,
+--   {key, source, enqueued_ms, deadline_ms or false, value or false, attempt, lapses,
+--    error, failed_ms or false}
+-- `attempt` counts the attempts whose outcome was recorded, `lapses` the leases that ran
+-- out under a worker that died. Who holds a job's lease is kept beside it, in the owners
+-- HASH: id -> the worker's token, followed by ' -' once its batch is marked and ' +'
+-- while the worker says it runs this very job.
+local ATTEMPT, LAPSES, ERROR, FAILED = 6, 7, 8, 9
+
+local function new_job(key, source, deadline, value)
+  return cmsgpack.pack({key, source, now, deadline or false, value or false, 0, 0, '', false})
+end
+
+-- The token and mark ('' when the batch was not marked) of an owners entry.
+local function owner(entry)
+  if not entry then return false, '' end
+  local token, mark = string.match(entry, '^(%S+) ?(.*)$')
+  return token, mark
+end
+
+-- Change fields of packed records and write them back, in one HSET. A record that is
+-- not one expiryd packed is left as it is (the worker dead-letters it as unreadable).
+local function update_jobs(jobs, ids, records, change)
+  local changed = {}
+  for i, id in ipairs(ids) do
+    local ok, job = pcall(cmsgpack.unpack, records[i] or '')
+    if ok and type(job) == 'table' and #job == FAILED then
+      change(job, i)
+      table.insert(changed, id)
+      table.insert(changed, cmsgpack.pack(job))
+    end
+  end
+  call_many('HSET', jobs, changed, 2)
+end
