@@ -14,6 +14,7 @@ from expiryd.redact import scrub
 
 EXAMPLES = {
     "run": "expiryd run --config /etc/expiryd/expiryd.toml",
+    "work": "expiryd work --config /etc/expiryd/expiryd.toml   (beside at least one run)",
     "check": "expiryd check --config /etc/expiryd/expiryd.toml",
     "schedule": "expiryd schedule order:cancel:SN123 --in 30m",
     "init-db": "expiryd init-db --config expiryd.toml",
@@ -49,6 +50,14 @@ def _run(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     logs.configure(args.log_format, args.log_level)
     return Daemon(settings, configure_redis=args.configure_redis).run()
+
+
+def _work(args: argparse.Namespace) -> int:
+    from expiryd.daemon import Daemon
+
+    settings = config.load(args.config)
+    logs.configure(args.log_format, args.log_level)
+    return Daemon(settings, listen=False).run()
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -143,13 +152,21 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     run = _command(commands, "run", _run, common, "Listen for expiries and handle them.")
-    run.add_argument(
-        "--log-format",
-        choices=logs.FORMATS,
-        default="auto",
-        help="json lines, a console view, or auto (console on a terminal)",
+    work = _command(
+        commands,
+        "work",
+        _work,
+        common,
+        "Only handle queued expiries: more workers for the queue that `run` daemons fill.",
     )
-    run.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    for daemon in (run, work):
+        daemon.add_argument(
+            "--log-format",
+            choices=logs.FORMATS,
+            default="auto",
+            help="json lines, a console view, or auto (console on a terminal)",
+        )
+        daemon.add_argument("--log-level", choices=logs.LEVELS, default="info")
     run.add_argument(
         "--configure-redis",
         action="store_true",

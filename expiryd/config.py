@@ -80,6 +80,7 @@ class WorkerSettings:
     lease_seconds: int = defaults.LEASE_SECONDS
     grace_seconds: int = defaults.GRACE_SECONDS
     batch_size: int = defaults.BATCH_SIZE
+    concurrency: int = defaults.CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -279,12 +280,15 @@ def _parse_database(
 
 
 def _parse_worker(section: _Section) -> WorkerSettings:
-    section.only("lease_seconds", "grace_seconds", "batch_size")
+    section.only("lease_seconds", "grace_seconds", "batch_size", "concurrency")
     return WorkerSettings(
         lease_seconds=_positive(section, "lease_seconds", defaults.LEASE_SECONDS),
         grace_seconds=_positive(section, "grace_seconds", defaults.GRACE_SECONDS),
         batch_size=_positive(
             section, "batch_size", defaults.BATCH_SIZE, at_most=defaults.BATCH_SIZE_LIMIT
+        ),
+        concurrency=_positive(
+            section, "concurrency", defaults.CONCURRENCY, at_most=defaults.CONCURRENCY_LIMIT
         ),
     )
 

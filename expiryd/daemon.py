@@ -1,4 +1,4 @@
-"""`expiryd run`: four threads, joined by an in-process inbox and a queue in Redis.
+"""`expiryd run`: threads joined by an in-process inbox and a queue in Redis.
 
 - the listener reads keyevent notifications into the inbox, never waiting on anything
   else, so a slow database cannot make Redis drop it for falling behind;
@@ -6,7 +6,9 @@
   hands out again jobs whose worker's lease lapsed;
 - the main thread applies events from the inbox in order: ledger updates, and claims that
   queue each expiry as a durable job;
-- the worker leases jobs, runs their handlers and settles them.
+- `concurrency` workers each lease a batch of jobs, run their handlers and settle them.
+
+`expiryd work` runs the workers alone, to drain the same queue from more processes.
 
 If any of these threads ends while the daemon is meant to be running, the daemon logs it
 and exits non-zero, so that its supervisor starts it again.
@@ -19,6 +21,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from types import FrameType
 
@@ -35,6 +38,7 @@ from expiryd.keyspace import Keyspace
 from expiryd.ledger import Ledger
 from expiryd.listener import Event, Listener
 from expiryd.logs import describe_error, get_logger
+from expiryd.outcomes import Outcome
 from expiryd.queue import JobQueue
 from expiryd.redact import redact_url
 from expiryd.sweeper import Sweeper
@@ -45,9 +49,10 @@ EXIT_THREAD_DIED = 70
 
 
 class Daemon:
-    def __init__(self, config: Config, configure_redis: bool = False) -> None:
+    def __init__(self, config: Config, configure_redis: bool = False, listen: bool = True) -> None:
         self.config = config
         self.configure_redis = configure_redis
+        self.listen = listen
         self.target = RedisTarget.from_url(config.redis.url)
         keyspace = Keyspace(config.redis.prefix, self.target.db)
         # A statement ends before the lease it runs under can lapse.
@@ -64,9 +69,10 @@ class Daemon:
         jobs = JobQueue(self.redis, keyspace)
         marker_prefix = f"{uuid.uuid4().hex}:"
         max_key_bytes = config.redis.max_key_bytes
-        self.worker = Worker(
-            jobs, config.routes, handlers, config.worker, max_key_bytes, self.stop_taking
-        )
+        self.workers = [
+            Worker(jobs, config.routes, handlers, config.worker, max_key_bytes, self.stop_taking)
+            for _ in range(config.worker.concurrency)
+        ]
         self.listener = Listener(
             self.target, keyspace, self._hear, self._resubscribed, self.stop, configure_redis
         )
@@ -77,9 +83,9 @@ class Daemon:
             ledger,
             keyspace,
             marker_prefix,
-            self.worker.reason_unqueued,
-            self.worker.report_unqueued,
-            self.worker.wake.set,
+            self.workers[0].reason_unqueued,
+            self.workers[0].report_unqueued,
+            self._wake_workers,
         )
         self._signal: str | None = None
         self._died: str | None = None
@@ -92,41 +98,59 @@ class Daemon:
         self._log.info(
             "expiryd.started",
             version=__version__,
+            mode="run" if self.listen else "work",
             config=self.config.source,
             redis=redact_url(self.config.redis.url),
             database=redact_url(self.config.database.url),
             routes=[route.name for route in self.config.routes],
             capture_values=self.config.redis.capture_values,
+            concurrency=len(self.workers),
         )
-        threads = [
-            self._start("listener", self.listener.run),
-            self._start("sweeper", self.sweeper.run),
-        ]
-        worker = self._start("worker", self.worker.run)
+        threads = []
+        if self.listen:
+            threads += [
+                self._start("listener", self.listener.run),
+                self._start("sweeper", self.sweeper.run),
+            ]
+        workers = [self._start(f"worker-{n}", w.run) for n, w in enumerate(self.workers, 1)]
         while not self.stop.is_set():
-            self._dispatch(timeout=0.5, pause=self._wait_after_failure)
+            if self.listen:
+                self._dispatch(timeout=0.5, pause=self._wait_after_failure)
+            else:
+                self.stop.wait(0.5)
         self.stop_taking.set()
-        self._log.info("expiryd.stopping", signal=self._signal, in_hand=self.worker.in_hand)
-        return self._shut_down(threads, worker)
+        self._log.info("expiryd.stopping", signal=self._signal, in_hand=self._in_hand())
+        return self._shut_down(threads, workers)
 
-    def _shut_down(self, threads: list[threading.Thread], worker: threading.Thread) -> int:
-        """Everything within one deadline, `grace_seconds` from now: the batch in hand,
+    def _shut_down(self, threads: list[threading.Thread], workers: list[threading.Thread]) -> int:
+        """Everything within one deadline, `grace_seconds` from now: the batches in hand,
         the events heard and not yet applied, the threads."""
         deadline = time.monotonic() + self.config.worker.grace_seconds
         for thread in threads:
             thread.join(timeout=_left(deadline))
         while time.monotonic() < deadline and self._dispatch(0, lambda: time.sleep(0.1)):
             pass
-        worker.join(timeout=_left(deadline))
-        unfinished = self.worker.in_hand if worker.is_alive() else 0
+        for worker in workers:
+            worker.join(timeout=_left(deadline))
+        unfinished = sum(
+            w.in_hand for w, t in zip(self.workers, workers, strict=True) if t.is_alive()
+        )
         self.engine.dispose()
+        counts: Counter[Outcome] = sum((w.counts for w in self.workers), Counter())
         self._log.info(
             "expiryd.stopped",
             unfinished=unfinished,
             unapplied_events=len(self.dispatcher.pending) + self.inbox.qsize(),
-            **{o.value: n for o, n in self.worker.counts.items()},
+            **{o.value: counts[o] for o in Outcome},
         )
         return EXIT_THREAD_DIED if self._died else 0
+
+    def _in_hand(self) -> int:
+        return sum(worker.in_hand for worker in self.workers)
+
+    def _wake_workers(self) -> None:
+        for worker in self.workers:
+            worker.wake.set()
 
     def _start(self, name: str, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=self._supervised, args=(name, target), name=name)
@@ -140,7 +164,8 @@ class Daemon:
         except BaseException as exc:  # any way a thread ends is reported
             self._thread_ended(name, describe_error(exc), exc_info=True)
         else:
-            if not self.stop.is_set() and not (name == "worker" and self.stop_taking.is_set()):
+            stopping = self.stop_taking if name.startswith("worker") else self.stop
+            if not stopping.is_set():
                 self._thread_ended(name, "returned while the daemon was running")
 
     def _thread_ended(self, name: str, error: str, exc_info: bool = False) -> None:
@@ -210,7 +235,8 @@ class Daemon:
     def _check_redis(self) -> None:
         """Fail fast on a Redis that would never notify; an unreachable one is retried."""
         try:
-            ensure_notifications(self.target, self.redis, self.configure_redis)
+            if self.listen:
+                ensure_notifications(self.target, self.redis, self.configure_redis)
             warn_eviction(self.target, self.redis, self._log)
         except CONNECTION_ERRORS as exc:
             self._log.warning("redis.unreachable", error=describe_error(exc))

@@ -101,6 +101,13 @@ BATCH_SIZE = 100
 BATCH_SIZE_LIMIT = 10_000
 """The largest batch_size accepted."""
 
+CONCURRENCY = 2
+"""Batches a daemon runs at once, each in its own worker thread with its own database
+connection: while one waits for the database, another routes, logs and settles."""
+
+CONCURRENCY_LIMIT = 64
+"""The largest concurrency accepted."""
+
 STATEMENT_SHARE_OF_LEASE = 2 / 3
 """The database driver gives up on a statement after this share of lease_seconds (MySQL's
 read and write timeouts, SQLite's busy timeout), so a statement that hangs fails and is

@@ -56,7 +56,7 @@ def _environ(extra: dict[str, str] | None) -> dict[str, str]:
 
 
 class DaemonProcess:
-    """`expiryd run --log-format json`, with stdout parsed line by line as it comes."""
+    """`expiryd run --log-format json` (or `work`), with stdout parsed line by line."""
 
     def __init__(
         self,
@@ -64,6 +64,7 @@ class DaemonProcess:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        command: str = "run",
     ) -> None:
         self.config = config
         config_args = ["--config", str(config)] if config else []
@@ -71,7 +72,7 @@ class DaemonProcess:
         self.raw: list[str] = []
         self.errors: list[str] = []
         self.process = subprocess.Popen(
-            expiryd_command("run", *config_args, "--log-format", "json", *extra_args),
+            expiryd_command(command, *config_args, "--log-format", "json", *extra_args),
             cwd=cwd or (config.parent if config else None),
             env=_environ(env),
             stdout=subprocess.PIPE,
