@@ -95,8 +95,9 @@ GRACE_SECONDS = 30
 """On SIGTERM, how long the jobs in hand may take before expiryd exits anyway, leaving
 them to be handed out again."""
 
-BATCH_SIZE = 100
-"""Jobs a worker takes at a time."""
+BATCH_SIZE = 1000
+"""Jobs a worker takes at a time. Measured on a 200,000-order burst: 7,400 orders/s with
+100, 11,800 with 1,000 (scripts/bench)."""
 
 BATCH_SIZE_LIMIT = 10_000
 """The largest batch_size accepted."""

@@ -79,7 +79,8 @@ def whole(number: float | bool | None) -> int | None:
 
 @dataclass(frozen=True)
 class Settlement:
-    """What became of a job: "ack", "retry" (after `delay_ms`) or "dead"."""
+    """What became of a job: "ack", "retry" (after `delay_ms`), "defer" (a retry that
+    uses up no attempt) or "dead"."""
 
     job_id: str
     action: str

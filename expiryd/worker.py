@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -92,7 +93,6 @@ class Worker:
         self.counts: Counter[Outcome] = Counter()
         self.in_hand = 0
         self._token = uuid.uuid4().hex
-        self._renewed = time.monotonic()
         self._backoff = Backoff(defaults.RECONNECT_BASE_SECONDS, defaults.RECONNECT_CAP_SECONDS)
         self._lock = threading.Lock()
         self._log = get_logger()
@@ -125,38 +125,63 @@ class Worker:
         it starts and settled as it ends, so that a job which kills its worker is found
         out and takes no other job's progress with it. Once stopping, each group is
         settled as it ends, so that what is done before the grace runs out is not done
-        again. The lease of what is still held is renewed between groups."""
+        again, and the groups not started yet are put back for the next worker, using up
+        no attempt. Meanwhile a heartbeat renews the lease of the batch."""
         self.in_hand = len(jobs)
-        self._renewed = time.monotonic()
         try:
-            if any(job.lapses for job in jobs):
-                self.queue.mark(self._token, [job.id for job in jobs], started=False)
-                for job in jobs:
-                    self.queue.mark(self._token, [job.id], started=True)
-                    self._settle([s for group in self._run_jobs([job]) for s in group], jobs)
-                return
-            done: list[Settlement] = []
-            for settled in self._run_jobs(jobs):
-                done += settled
-                if self.stop.is_set():
-                    self._settle(done, jobs)
-                    done = []
-                self._renew_if_due(jobs)
-            self._settle(done, jobs)
+            with self._heartbeat([job.id for job in jobs]):
+                if any(job.lapses for job in jobs):
+                    self._run_carefully(jobs)
+                    return
+                self._run_in_groups(jobs)
         finally:
             self.in_hand = 0
 
-    def _settle(self, done: list[Settlement], jobs: list[Job]) -> None:
+    def _run_in_groups(self, jobs: list[Job]) -> None:
+        done: list[Settlement] = []
+        unsettled = {job.id for job in jobs}
+        for settled in self._run_jobs(jobs):
+            done += settled
+            if self.stop.is_set():
+                self._settle(done)
+                unsettled -= {s.job_id for s in done}
+                self._settle([Settlement(job_id, "defer") for job_id in unsettled])
+                return
+        self._settle(done)
+
+    def _run_carefully(self, jobs: list[Job]) -> None:
+        self.queue.mark(self._token, [job.id for job in jobs], started=False)
+        for job in jobs:
+            self.queue.mark(self._token, [job.id], started=True)
+            self._settle([s for group in self._run_jobs([job]) for s in group])
+
+    def _settle(self, done: list[Settlement]) -> None:
         self.queue.settle(self._token, done)
         self.in_hand -= len(done)
-        self._renew_if_due(jobs)
 
-    def _renew_if_due(self, jobs: list[Job]) -> None:
-        if time.monotonic() - self._renewed > self.settings.lease_seconds / 3:
-            # The heartbeat: a live worker's lease does not lapse while it works.
-            lease_ms = self.settings.lease_seconds * 1000
-            self.queue.extend(self._token, [job.id for job in jobs], lease_ms)
-            self._renewed = time.monotonic()
+    @contextmanager
+    def _heartbeat(self, job_ids: list[str]) -> Iterator[None]:
+        """Renew the batch's lease every third of it, from a thread of its own, while the
+        batch runs: a lease lapses only when its worker is gone, however long one handler
+        call takes. (A statement that hangs is ended by the driver's timeouts.)"""
+        done = threading.Event()
+        beat = threading.Thread(
+            target=self._renew, args=(job_ids, done), name="heartbeat", daemon=True
+        )
+        beat.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beat.join()
+
+    def _renew(self, job_ids: list[str], done: threading.Event) -> None:
+        lease_ms = self.settings.lease_seconds * 1000
+        while not done.wait(self.settings.lease_seconds / 3):
+            try:
+                self.queue.extend(self._token, job_ids, lease_ms)
+            except Exception as exc:  # Redis away for now: the next beat tries again
+                self._log.warning("lease.not_renewed", jobs=len(job_ids), error=describe_error(exc))
 
     def _run_jobs(self, jobs: list[Job]) -> Iterator[list[Settlement]]:
         """Settlements, a group at a time: first the jobs decided without a handler

@@ -35,7 +35,7 @@ call_many('HDEL', owners, ours)
 call_many('HDEL', jobs, acked)
 update_jobs(jobs, changed, hmget_many(jobs, changed), function(job, i)
   local s = changes[i]
-  job[ERROR] = s.err
+  if s.action ~= 'defer' or s.err ~= '' then job[ERROR] = s.err end
   if s.action ~= 'defer' then job[ATTEMPT] = job[ATTEMPT] + 1 end
   if s.action == 'dead' then job[FAILED] = now end
 end)

@@ -27,8 +27,12 @@ from tests.support.shop import (
 )
 
 LEASE_SECONDS = 3
+BATCH_SIZE, CONCURRENCY = 100, 2
+IN_HAND = BATCH_SIZE * CONCURRENCY
+"""The most jobs a daemon holds: a kill -9 may leave that many to run again."""
 FAST = (
-    f"[worker]\nlease_seconds = {LEASE_SECONDS}\ngrace_seconds = 10\n[retry]\nbase_seconds = 0.5\n"
+    f"[worker]\nlease_seconds = {LEASE_SECONDS}\ngrace_seconds = 10\n"
+    f"batch_size = {BATCH_SIZE}\nconcurrency = {CONCURRENCY}\n[retry]\nbase_seconds = 0.5\n"
 )
 RECORDED = (
     '[[routes]]\npattern = "order:cancel:{order_sn}"\n'
@@ -106,7 +110,7 @@ def test_kill_9_in_the_middle_of_10000_expiries_then_restart(
     daemon.stop(signal.SIGKILL)
 
     restarted = start_recorded(start_daemon, mysql_url)
-    assert_exactly_once(mysql_url, numbers, [daemon, restarted], rerun_at_most=100)
+    assert_exactly_once(mysql_url, numbers, [daemon, restarted], rerun_at_most=IN_HAND)
     assert restarted.events("jobs.requeued"), "the killed daemon's lease never lapsed"
     assert not any(line["outcome"] == "dead" for line in restarted.handled())
 
@@ -173,7 +177,9 @@ def test_two_daemons_share_10000_expiries_each_applied_once(
         first.wait_for(lambda: applied(first) + applied(second) >= 5000, 60, "half applied")
         first.stop(signal.SIGKILL)
 
-    assert_exactly_once(mysql_url, numbers, [first, second], rerun_at_most=100 if kill_one else 0)
+    assert_exactly_once(
+        mysql_url, numbers, [first, second], rerun_at_most=IN_HAND if kill_one else 0
+    )
     assert applied(first) > 0 and applied(second) > 0
 
 

@@ -1,5 +1,6 @@
 """The worker under faults: handlers that raise anything, jobs that cannot be parsed, a
-daemon killed with a job in hand, a stop that outlasts the grace, a thread that dies."""
+daemon killed with a job in hand, a call longer than the lease, a stop that outlasts the
+grace, a thread that dies."""
 
 from __future__ import annotations
 
@@ -102,6 +103,20 @@ def test_a_daemon_killed_with_a_job_in_hand_uses_up_no_attempt(
     assert second.events("jobs.requeued")
     assert (line["outcome"], line["attempt"]) == ("applied", 1)
     time.sleep(3)
+    assert [(key, attempt) for key, _, attempt in calls(sqlite_url)] == [("slow:1", 1)]
+
+
+def test_a_live_worker_keeps_its_lease_through_a_call_longer_than_the_lease(
+    sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    """One handler call of 5 s under a 2 s lease: the heartbeat renews it while the call
+    runs, so the job is never handed out again and runs once."""
+    body = "[worker]\nlease_seconds = 2\nconcurrency = 2\n" + SLOW
+    daemon = lease_a_slow_job(start_daemon, redis_db, sqlite_url, body, sleep="5")
+    (line,) = daemon.wait_for_event("expiry.handled", timeout=20)
+    assert (line["outcome"], line["attempt"]) == ("applied", 1)
+    time.sleep(2.5)  # past the lease, were it not renewed
+    assert not daemon.events("jobs.requeued")
     assert [(key, attempt) for key, _, attempt in calls(sqlite_url)] == [("slow:1", 1)]
 
 
