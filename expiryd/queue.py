@@ -2,8 +2,8 @@
 one worker, and is then acknowledged, retried later, or dead-lettered.
 
 Jobs live in one HASH, id -> a record packed with Redis's own cmsgpack (the layout is in
-`lua/jobs.lua`), so that every script names every key it touches, and a batch of jobs is
-a handful of commands however large it is. A worker's lease is its token in the owners
+`lua/jobs.lua`), so that every queue script names every key it touches, and a batch of
+jobs is a handful of commands however large it is. A worker's lease is its token in the owners
 HASH: settling a job whose lease has passed to another worker does nothing, so a slow
 worker cannot undo a newer attempt.
 """
@@ -47,7 +47,7 @@ class Job:
     def unpack(cls, job_id: str, record: bytes) -> Job:
         try:
             return cls._unpack(job_id, record)
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:  # written by something else
+        except Exception as exc:  # written by something else: any shape at all
             problem = f"its record in Redis is not one expiryd wrote: {type(exc).__name__}: {exc}"
             return cls(job_id, b"", Source.EVENT, 0, 0, error=problem, unreadable=problem)
 
@@ -56,6 +56,8 @@ class Job:
         key, source, enqueued, deadline, value, attempt, lapses, error, failed = msgpack.unpackb(
             record, raw=True
         )
+        if not isinstance(key, bytes):
+            raise TypeError(f"its key is {type(key).__name__}, not bytes")
         return cls(
             id=job_id,
             key=key,
@@ -63,7 +65,7 @@ class Job:
             attempt=whole(attempt) or 0,
             enqueued_ms=whole(enqueued) or 0,
             deadline_ms=whole(deadline),
-            value=value or None,
+            value=value if isinstance(value, bytes) else None,
             error=error.decode("utf-8", "replace"),
             failed_ms=whole(failed),
             lapses=whole(lapses) or 0,

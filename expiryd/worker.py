@@ -138,22 +138,29 @@ class Worker:
             self.in_hand = 0
 
     def _run_in_groups(self, jobs: list[Job]) -> None:
-        done: list[Settlement] = []
+        """Each group settled as it ends, so that a failure later in the batch takes no
+        committed work with it."""
         unsettled = {job.id for job in jobs}
         for settled in self._run_jobs(jobs):
-            done += settled
+            self._settle(settled)
+            unsettled -= {s.job_id for s in settled}
             if self.stop.is_set():
-                self._settle(done)
-                unsettled -= {s.job_id for s in done}
-                self._settle([Settlement(job_id, "defer") for job_id in unsettled])
+                self._put_back(unsettled)
                 return
-        self._settle(done)
 
     def _run_carefully(self, jobs: list[Job]) -> None:
         self.queue.mark(self._token, [job.id for job in jobs], started=False)
-        for job in jobs:
+        for n, job in enumerate(jobs):
+            if self.stop.is_set():
+                self._put_back({j.id for j in jobs[n:]})
+                return
             self.queue.mark(self._token, [job.id], started=True)
             self._settle([s for group in self._run_jobs([job]) for s in group])
+
+    def _put_back(self, job_ids: set[str]) -> None:
+        """Jobs not started when the daemon began to stop: ready again at once, with no
+        attempt and no lapse used."""
+        self._settle([Settlement(job_id, "defer") for job_id in job_ids])
 
     def _settle(self, done: list[Settlement]) -> None:
         self.queue.settle(self._token, done)
@@ -177,10 +184,14 @@ class Worker:
 
     def _renew(self, job_ids: list[str], done: threading.Event) -> None:
         lease_ms = self.settings.lease_seconds * 1000
-        while not done.wait(self.settings.lease_seconds / 3):
+        every = self.settings.lease_seconds / 3
+        wait = every
+        while not done.wait(wait):
+            wait = every
             try:
                 self.queue.extend(self._token, job_ids, lease_ms)
-            except Exception as exc:  # Redis away for now: the next beat tries again
+            except Exception as exc:  # Redis away for now: try again soon, not a beat later
+                wait = min(1.0, every)
                 self._log.warning("lease.not_renewed", jobs=len(job_ids), error=describe_error(exc))
 
     def _run_jobs(self, jobs: list[Job]) -> Iterator[list[Settlement]]:
@@ -211,8 +222,9 @@ class Worker:
 
     def _prepare(self, job: Job) -> _Attempt:
         """The job's log fields, and the expiry its handler gets, or already its ruling."""
-        attempt = _Attempt(job, {"key": display_key(job.key), "route": None, "handler": None})
+        attempt = _Attempt(job, {"key": None, "route": None, "handler": None})
         try:
+            attempt.line["key"] = display_key(job.key)
             deadline = _datetime(job.deadline_ms)
             attempt.line.update(_timing(job, deadline))
             self._route(attempt, deadline)

@@ -100,11 +100,22 @@ def test_plain_digits_are_an_integer_order_number() -> None:
 def test_job_records_are_read_whatever_number_types_lua_packed() -> None:
     record = [b"k", b"nudge", 1.7e12, 1.735e12, False, 2.0, 1, b"", False]
     job = Job.unpack("a" * 32, msgpack.packb(record))
-    assert (job.deadline_ms, job.enqueued_ms, job.attempt, job.lapses) == (1735e9, 17e11, 2, 1)
+    numbers = (job.deadline_ms, job.enqueued_ms, job.attempt, job.lapses)
+    assert numbers == (1735 * 10**9, 17 * 10**11, 2, 1)
+    assert all(type(n) is int for n in numbers)
     assert (job.source, job.value, job.failed_ms, job.unreadable) == (Source.NUDGE, None, None, "")
 
 
-@pytest.mark.parametrize("record", [b"", b"\x93\x01\x02\x03", msgpack.packb([b"k"] * 9)])
+@pytest.mark.parametrize(
+    "record",
+    [
+        b"",
+        b"\x93\x01\x02\x03",
+        msgpack.packb([b"k"] * 9),
+        msgpack.packb(list(range(9))),
+        msgpack.packb([b"k", 7, 0, None, None, 0, 0, 5, None]),
+    ],
+)
 def test_a_record_expiryd_did_not_write_is_unreadable_not_an_error(record: bytes) -> None:
     job = Job.unpack("a" * 32, record)
     assert job.unreadable.startswith("its record in Redis is not one expiryd wrote")
