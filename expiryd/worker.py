@@ -120,13 +120,11 @@ class Worker:
         self._backoff.wait_after(self.stop, self._log, event, describe_error(exc), exc_info)
 
     def _run_batch(self, jobs: list[Job]) -> None:
-        """Run the jobs, a route's group at a time, and settle them together. After a
+        """Run the jobs, a route's group at a time, each group settled as it ends. After a
         worker died with some of them in hand, one job at a time instead, each marked as
-        it starts and settled as it ends, so that a job which kills its worker is found
-        out and takes no other job's progress with it. Once stopping, each group is
-        settled as it ends, so that what is done before the grace runs out is not done
-        again, and the groups not started yet are put back for the next worker, using up
-        no attempt. Meanwhile a heartbeat renews the lease of the batch."""
+        it starts, so that a job which kills its worker is found out and takes no other
+        job's progress with it. Once stopping, what is not started yet is put back for
+        the next worker, using up no attempt. Meanwhile a heartbeat renews the lease."""
         self.in_hand = len(jobs)
         try:
             with self._heartbeat([job.id for job in jobs]):
@@ -138,8 +136,6 @@ class Worker:
             self.in_hand = 0
 
     def _run_in_groups(self, jobs: list[Job]) -> None:
-        """Each group settled as it ends, so that a failure later in the batch takes no
-        committed work with it."""
         unsettled = {job.id for job in jobs}
         for settled in self._run_jobs(jobs):
             self._settle(settled)
