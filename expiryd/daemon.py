@@ -76,9 +76,6 @@ class Daemon:
         self.listener = Listener(
             self.target, keyspace, self._hear, self._resubscribed, self.stop, configure_redis
         )
-        self.sweeper = Sweeper(
-            ledger, jobs, marker_prefix, self.listener.subscribed, self.stop, max_key_bytes
-        )
         self.dispatcher = Dispatcher(
             ledger,
             keyspace,
@@ -86,6 +83,15 @@ class Daemon:
             self.workers[0].reason_unqueued,
             self.workers[0].report_unqueued,
             self._wake_workers,
+        )
+        self.sweeper = Sweeper(
+            ledger,
+            jobs,
+            marker_prefix,
+            self.listener.subscribed,
+            self.dispatcher.wait_for_marker,
+            self.stop,
+            max_key_bytes,
         )
         self._signal: str | None = None
         self._died: str | None = None

@@ -40,6 +40,10 @@ SWEEP_INTERVAL_SECONDS = 0.05
 SWEEP_LIMIT = 1000
 """At most this many due keys are looked at per sweep."""
 
+MARKER_WAIT_SECONDS = 5.0
+"""How long the sweeper waits for the listener to hear its last marker before it sweeps
+again anyway (see `sweeper`)."""
+
 SCAN_COUNT = 1000
 """Keys asked for per SCAN step when the ledger is brought up to date."""
 

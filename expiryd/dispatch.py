@@ -6,6 +6,7 @@ Redis in one round trip, and a window that fails stays, whole, to be tried again
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +66,15 @@ class Dispatcher:
         self.pending: deque[Event] = deque()
         self._window: _Window | None = None
         self._fresh: dict[bytes, int] = {}
+        self._marker_ms = 0
+        self._marker_heard = threading.Condition()
         self._log = get_logger()
+
+    def wait_for_marker(self, marker_ms: int, timeout: float) -> bool:
+        """Whether this daemon's marker of `marker_ms` (or a later one) has been heard
+        and reconciled, waiting up to `timeout` seconds for it."""
+        with self._marker_heard:
+            return self._marker_heard.wait_for(lambda: self._marker_ms >= marker_ms, timeout)
 
     def run_pending(self) -> None:
         """Apply every pending event in order. A Redis error propagates with the events
@@ -79,8 +88,12 @@ class Dispatcher:
                 window.applied = True
                 for key, reason in window.reported:
                     self.report_unqueued(key, reason)
-            if window.marker is not None and self.ledger.reconcile(window.marker):
-                self.queued()
+            if window.marker is not None:
+                if self.ledger.reconcile(window.marker):
+                    self.queued()
+                with self._marker_heard:
+                    self._marker_ms = max(self._marker_ms, window.marker)
+                    self._marker_heard.notify_all()
             for _ in range(window.size):
                 self.pending.popleft()
             self._window = None

@@ -73,6 +73,8 @@ class Applied:
 class SweepResult:
     due: int
     gone: int
+    marker_ms: int | None = None
+    """The time of the marker the sweep published, if it published one."""
 
 
 class Ledger:
@@ -126,11 +128,11 @@ class Ledger:
     def sweep(self, marker_prefix: str, limit: int = defaults.SWEEP_LIMIT) -> SweepResult:
         """Look at every key whose deadline has passed (which makes Redis expire it now)."""
         ks = self.keyspace
-        due, gone = self._sweep(
+        due, gone, marker = self._sweep(
             keys=[ks.deadlines, ks.gone, ks.gone_deadlines, ks.values],
             args=[limit, ks.sweep_channel, marker_prefix],
         )
-        return SweepResult(int(due), int(gone))
+        return SweepResult(int(due), int(gone), int(marker) or None)
 
     def scan(self, max_key_bytes: int, count: int = defaults.SCAN_COUNT) -> int:
         """Record every key of the watched DB that has a TTL; the number recorded."""

@@ -1,11 +1,19 @@
 """The clock: brings the ledger up to date after every (re)subscribe, then nudges each
 key whose deadline has passed, so expiries run on time whatever Redis's sampling does,
-and hands out again the jobs of workers whose lease lapsed."""
+and hands out again the jobs of workers whose lease lapsed.
+
+After a sweep that sent a marker, the next one waits until the listener has heard it.
+A listener behind by a burst's events would otherwise have every key of the burst found
+gone by a sweep first (its `expired` event still on the way), and moved to `gone` and
+back, for nothing: six Redis commands an expiry. Meanwhile a nudge could not be heard
+any sooner than the events ahead of it anyway.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from expiryd import defaults
 from expiryd.backoff import Backoff
@@ -22,6 +30,7 @@ class Sweeper:
         queue: JobQueue,
         marker_prefix: str,
         subscribed: threading.Event,
+        marker_heard: Callable[[int, float], bool],
         stop: threading.Event,
         max_key_bytes: int,
     ) -> None:
@@ -29,6 +38,7 @@ class Sweeper:
         self.queue = queue
         self.marker_prefix = marker_prefix
         self.subscribed = subscribed
+        self.marker_heard = marker_heard
         self.stop = stop
         self.max_key_bytes = max_key_bytes
         self._resync = threading.Event()
@@ -45,7 +55,7 @@ class Sweeper:
             if not self.subscribed.wait(0.1):
                 continue
             try:
-                busy = self._step()
+                busy, marker_ms = self._step()
                 self._backoff.reset()
             except CONNECTION_ERRORS as exc:
                 self._back_off("ledger.unavailable", exc)
@@ -53,12 +63,22 @@ class Sweeper:
             except Exception as exc:  # a bug or a Redis refusal must not stop the clock
                 self._back_off("sweeper.crashed", exc, exc_info=True)
                 continue
+            if marker_ms is not None:
+                self._await_marker(marker_ms)
             if not busy:
                 self.stop.wait(defaults.SWEEP_INTERVAL_SECONDS)
 
-    def _step(self) -> bool:
-        """One sweep (after a scan when one is due); True when more keys were due than
-        one sweep looks at."""
+    def _await_marker(self, marker_ms: int) -> None:
+        """Until the listener heard the marker, lost its connection (the marker with it),
+        or a while passed (a listener failing to apply events: sweep again regardless)."""
+        deadline = time.monotonic() + defaults.MARKER_WAIT_SECONDS
+        while not self.stop.is_set() and self.subscribed.is_set():
+            if self.marker_heard(marker_ms, 0.1) or time.monotonic() >= deadline:
+                return
+
+    def _step(self) -> tuple[bool, int | None]:
+        """One sweep (after a scan when one is due): whether more keys were due than one
+        sweep looks at, and the time of the marker it sent, if any."""
         if self._resync.is_set():
             self._resync.clear()
             self._scan()
@@ -66,7 +86,7 @@ class Sweeper:
         requeued = self.queue.requeue_lapsed()
         if requeued:
             self._log.warning("jobs.requeued", jobs=requeued, reason="lease lapsed")
-        return result.due >= defaults.SWEEP_LIMIT
+        return result.due >= defaults.SWEEP_LIMIT, result.marker_ms
 
     def _scan(self) -> None:
         started = time.perf_counter()

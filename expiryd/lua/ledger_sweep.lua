@@ -3,6 +3,7 @@
 -- over (the key is gone, or lives on with a later deadline) moves to `gone`; a marker
 -- published after the events this caused tells the listener when to reconcile.
 -- KEYS: deadlines, gone, gone_deadlines, values   ARGV: limit, channel, marker prefix
+-- Returns {keys looked at, keys moved to gone, the marker's time or 0 when none was sent}.
 local deadlines, gone, gone_deadlines, values = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', ms(now), 'WITHSCORES', 'LIMIT', 0, ARGV[1])
 local moved = 0
@@ -28,7 +29,9 @@ for i = 1, #due, 2 do
     moved = moved + 1
   end
 end
+local marker = 0
 if redis.call('ZCARD', gone) > 0 then
-  redis.call('PUBLISH', ARGV[2], ARGV[3] .. ms(now))
+  marker = ms(now)
+  redis.call('PUBLISH', ARGV[2], ARGV[3] .. marker)
 end
-return {#due / 2, moved}
+return {#due / 2, moved, marker}

@@ -6,7 +6,7 @@ from expiryd.expiry import Expiry
 from expiryd.sweeper import Sweeper
 
 
-def _broken_step(self: Sweeper) -> bool:
+def _broken_step(self: Sweeper) -> tuple[bool, int | None]:
     raise SystemExit("sabotaged")
 
 
