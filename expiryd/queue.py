@@ -53,30 +53,39 @@ class Job:
 
     @classmethod
     def _unpack(cls, job_id: str, record: bytes) -> Job:
+        """The same test, field by field, as `readable` in `lua/jobs.lua`: a record one
+        side can update is one the other can run."""
         key, source, enqueued, deadline, value, attempt, lapses, error, failed = msgpack.unpackb(
             record, raw=True
         )
-        if not isinstance(key, bytes):
-            raise TypeError(f"its key is {type(key).__name__}, not bytes")
+        if not isinstance(key, bytes) or not isinstance(source, bytes):
+            raise TypeError("its key and source are not strings")
+        if not isinstance(error, bytes) or not (value is False or isinstance(value, bytes)):
+            raise TypeError("its value or error is not a string")
         return cls(
             id=job_id,
             key=key,
             source=Source(source.decode()),
-            attempt=whole(attempt) or 0,
-            enqueued_ms=whole(enqueued) or 0,
-            deadline_ms=whole(deadline),
-            value=value if isinstance(value, bytes) else None,
+            attempt=_number(attempt),
+            enqueued_ms=_number(enqueued),
+            deadline_ms=_number_or_none(deadline),
+            value=None if value is False else value,
             error=error.decode("utf-8", "replace"),
-            failed_ms=whole(failed),
-            lapses=whole(lapses) or 0,
+            failed_ms=_number_or_none(failed),
+            lapses=_number(lapses),
         )
 
 
-def whole(number: float | bool | None) -> int | None:
-    """A packed number, which Lua may have packed as a float; None for false or nil."""
-    if number is None or number is False:
-        return None
-    return int(number)
+def _number(packed: object) -> int:
+    """A packed number, which Lua may have packed as a float."""
+    if isinstance(packed, bool) or not isinstance(packed, int | float):
+        raise TypeError(f"{packed!r} where a number belongs")
+    return int(packed)
+
+
+def _number_or_none(packed: object) -> int | None:
+    """A packed number, or false for none."""
+    return None if packed is False else _number(packed)
 
 
 @dataclass(frozen=True)
@@ -130,11 +139,10 @@ class JobQueue:
             for ids in _chunks(job_ids)
         )
 
-    def mark(self, token: str, job_ids: Sequence[str], started: bool) -> None:
-        """Mark jobs of a batch as waiting, or as the one running now (see requeue)."""
-        mark = "+" if started else "-"
+    def mark_started(self, token: str, job_ids: Sequence[str]) -> None:
+        """Mark jobs leased with `token` as about to run (see requeue)."""
         for ids in _chunks(job_ids):
-            self._scripts["mark"](keys=[self.keyspace.owners], args=[token, mark, *ids])
+            self._scripts["mark"](keys=[self.keyspace.owners], args=[token, "+", *ids])
 
     def requeue_lapsed(self, limit: int = CHUNK) -> int:
         """Hand out again the jobs whose worker's lease ran out."""

@@ -61,6 +61,19 @@ class Ruling:
 
 
 @dataclass
+class _Lease:
+    """The batch in hand, shared with its heartbeat: the jobs still held (changed and
+    renewed under `lock`), whether Redis said some are ours no longer, and the group
+    running now (route, jobs, since when)."""
+
+    held: set[str]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    lost: bool = False
+    running: tuple[str, int, float] | None = None
+    slow_warnings: int = 0
+
+
+@dataclass
 class _Attempt:
     """One job on its way through a batch."""
 
@@ -120,57 +133,40 @@ class Worker:
         self._backoff.wait_after(self.stop, self._log, event, describe_error(exc), exc_info)
 
     def _run_batch(self, jobs: list[Job]) -> None:
-        """Run the jobs, a route's group at a time, each group settled as it ends. After a
-        worker died with some of them in hand, one job at a time instead, each marked as
-        it starts, so that a job which kills its worker is found out and takes no other
-        job's progress with it. Once stopping, what is not started yet is put back for
-        the next worker, using up no attempt. Meanwhile a heartbeat renews the lease."""
+        """Run the jobs, a route's group at a time, each group marked as it starts and
+        settled as it ends. After a worker died with some of them in hand, one job at a
+        time instead, so that a job which kills its worker is found out and takes no
+        other job's progress with it. Meanwhile a heartbeat renews the lease. Once
+        stopping, or once the lease of some was lost, what is not started yet is put
+        back, using up no attempt."""
         self.in_hand = len(jobs)
+        lease = _Lease({job.id for job in jobs})
         try:
-            with self._heartbeat([job.id for job in jobs]):
-                if any(job.lapses for job in jobs):
-                    self._run_carefully(jobs)
-                    return
-                self._run_in_groups(jobs)
+            with self._heartbeat(lease):
+                size = 1 if any(job.lapses for job in jobs) else len(jobs)
+                for start in range(0, len(jobs), size):
+                    for settled in self._run_jobs(jobs[start : start + size], lease):
+                        self._settle(settled, lease)
+                        if self.stop.is_set() or lease.lost:
+                            self._settle([Settlement(i, "defer") for i in lease.held], lease)
+                            return
         finally:
             self.in_hand = 0
 
-    def _run_in_groups(self, jobs: list[Job]) -> None:
-        unsettled = {job.id for job in jobs}
-        for settled in self._run_jobs(jobs):
-            self._settle(settled)
-            unsettled -= {s.job_id for s in settled}
-            if self.stop.is_set():
-                self._put_back(unsettled)
-                return
-
-    def _run_carefully(self, jobs: list[Job]) -> None:
-        self.queue.mark(self._token, [job.id for job in jobs], started=False)
-        for n, job in enumerate(jobs):
-            if self.stop.is_set():
-                self._put_back({j.id for j in jobs[n:]})
-                return
-            self.queue.mark(self._token, [job.id], started=True)
-            self._settle([s for group in self._run_jobs([job]) for s in group])
-
-    def _put_back(self, job_ids: set[str]) -> None:
-        """Jobs not started when the daemon began to stop: ready again at once, with no
-        attempt and no lapse used."""
-        self._settle([Settlement(job_id, "defer") for job_id in job_ids])
-
-    def _settle(self, done: list[Settlement]) -> None:
-        self.queue.settle(self._token, done)
+    def _settle(self, done: list[Settlement], lease: _Lease) -> None:
+        with lease.lock:
+            self.queue.settle(self._token, done)
+            lease.held.difference_update(s.job_id for s in done)
         self.in_hand -= len(done)
 
     @contextmanager
-    def _heartbeat(self, job_ids: list[str]) -> Iterator[None]:
+    def _heartbeat(self, lease: _Lease) -> Iterator[None]:
         """Renew the batch's lease every third of it, from a thread of its own, while the
         batch runs: a lease lapses only when its worker is gone, however long one handler
         call takes. (A statement that hangs is ended by the driver's timeouts.)"""
         done = threading.Event()
-        beat = threading.Thread(
-            target=self._renew, args=(job_ids, done), name="heartbeat", daemon=True
-        )
+        beat = threading.Thread(target=self._renew, args=(lease, done), name="heartbeat")
+        beat.daemon = True
         beat.start()
         try:
             yield
@@ -178,19 +174,43 @@ class Worker:
             done.set()
             beat.join()
 
-    def _renew(self, job_ids: list[str], done: threading.Event) -> None:
-        lease_ms = self.settings.lease_seconds * 1000
+    def _renew(self, lease: _Lease, done: threading.Event) -> None:
         every = self.settings.lease_seconds / 3
         wait = every
         while not done.wait(wait):
             wait = every
             try:
-                self.queue.extend(self._token, job_ids, lease_ms)
+                self._extend(lease)
             except Exception as exc:  # Redis away for now: try again soon, not a beat later
                 wait = min(1.0, every)
-                self._log.warning("lease.not_renewed", jobs=len(job_ids), error=describe_error(exc))
+                error = describe_error(exc)
+                self._log.warning("lease.not_renewed", jobs=len(lease.held), error=error)
+            self._warn_if_slow(lease)
 
-    def _run_jobs(self, jobs: list[Job]) -> Iterator[list[Settlement]]:
+    def _extend(self, lease: _Lease) -> None:
+        """Renew the jobs still held; if Redis says some are no longer ours (the lease
+        lapsed while Redis was out of reach, and they were handed out again), the batch
+        stops after the group it runs."""
+        with lease.lock:
+            held = list(lease.held)
+            renewed = self.queue.extend(self._token, held, self.settings.lease_seconds * 1000)
+        if renewed < len(held) and not lease.lost:
+            lease.lost = True
+            self._log.warning("lease.lost", jobs=len(held) - renewed, held=renewed)
+
+    def _warn_if_slow(self, lease: _Lease) -> None:
+        """A group that runs past its lease (a handler that does not return) is said once
+        a lease: its jobs stay leased, and nobody else runs them, for as long as it runs."""
+        running = lease.running
+        if running is None:
+            return
+        route, jobs, started = running
+        late = time.monotonic() - started
+        if late >= self.settings.lease_seconds * (lease.slow_warnings + 1):
+            lease.slow_warnings += 1
+            self._log.warning("batch.slow", route=route, jobs=jobs, running_s=round(late, 1))
+
+    def _run_jobs(self, jobs: list[Job], lease: _Lease) -> Iterator[list[Settlement]]:
         """Settlements, a group at a time: first the jobs decided without a handler
         (unrouted, out of attempts), then each route's group in one handler call."""
         attempts = [self._prepare(job) for job in jobs]
@@ -202,7 +222,12 @@ class Worker:
             if attempt.ruling is None:
                 groups.setdefault(attempt.route.name, []).append(attempt)  # type: ignore[union-attr]
         for name, group in groups.items():
-            yield self._run_group(self.handlers[name], group)
+            self.queue.mark_started(self._token, [a.job.id for a in group])
+            lease.running, lease.slow_warnings = (name, len(group), time.monotonic()), 0
+            try:
+                yield self._run_group(self.handlers[name], group)
+            finally:
+                lease.running = None
 
     def _run_group(self, handler: Handler, group: list[_Attempt]) -> list[Settlement]:
         started = time.perf_counter()

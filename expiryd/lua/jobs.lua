@@ -18,13 +18,26 @@ local function owner(entry)
   return token, mark
 end
 
+local function number_or_false(v) return v == false or type(v) == 'number' end
+
+-- Whether an unpacked record has the layout above, field by field (the same test as
+-- `Job.unpack` makes): only then may its fields be changed.
+local function readable(job)
+  return type(job) == 'table' and type(job[1]) == 'string' and type(job[2]) == 'string'
+    and type(job[3]) == 'number' and number_or_false(job[4])
+    and (job[5] == false or type(job[5]) == 'string')
+    and type(job[ATTEMPT]) == 'number' and type(job[LAPSES]) == 'number'
+    and type(job[ERROR]) == 'string' and number_or_false(job[FAILED]) and job[10] == nil
+end
+
 -- Change fields of packed records and write them back, in one HSET. A record that is
--- not one expiryd packed is left as it is (the worker dead-letters it as unreadable).
+-- not one expiryd packed is left as it is (the worker dead-letters it as unreadable):
+-- nothing here can raise halfway through a script that has already written.
 local function update_jobs(jobs, ids, records, change)
   local changed = {}
   for i, id in ipairs(ids) do
     local ok, job = pcall(cmsgpack.unpack, records[i] or '')
-    if ok and type(job) == 'table' and #job == FAILED then
+    if ok and readable(job) then
       change(job, i)
       table.insert(changed, id)
       table.insert(changed, cmsgpack.pack(job))

@@ -1,5 +1,6 @@
--- Say which jobs of a batch a worker has started: '-' for none of them yet, or '+' for
--- the one it is about to run, so that a lapse counts only against that one.
+-- Say which jobs of a batch a worker is about to run: '+' for the group it starts now
+-- ('-', not started, is how `take` leases them), so that a lapse counts only against
+-- the jobs that may have been running.
 -- KEYS: owners   ARGV: token, mark, ids...
 local ids = {unpack(ARGV, 3)}
 local held = hmget_many(KEYS[1], ids)

@@ -1,4 +1,5 @@
--- Lease up to `limit` due jobs to one worker (its token) until now + lease_ms.
+-- Lease up to `limit` due jobs to one worker (its token) until now + lease_ms, marked
+-- as not started yet (see queue_mark.lua).
 -- KEYS: ready, leases, jobs, owners   ARGV: limit, lease_ms, token
 -- Returns id, record, id, record...
 local ready, leases, jobs, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -15,7 +16,7 @@ for i, id in ipairs(ids) do
     table.insert(leased, until_ms)
     table.insert(leased, id)
     table.insert(owned, id)
-    table.insert(owned, ARGV[3])
+    table.insert(owned, ARGV[3] .. ' -')
   end
 end
 call_many('ZADD', leases, leased, 2)

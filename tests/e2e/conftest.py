@@ -73,6 +73,15 @@ def assert_queue_settled(redis_db: RedisServer, daemons: list[DaemonProcess], de
         if time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    counts = (ready, leased, client.zcard("expiryd:jobs:dead"))
+    counts = (
+        ready,
+        leased,
+        client.zcard("expiryd:jobs:dead"),
+        client.hlen("expiryd:jobs"),
+        client.hlen("expiryd:jobs:owners"),
+    )
     tail = daemons[-1].output() if daemons else ""
-    assert counts == (0, 0, dead), f"queue at the end (ready, leased, dead): {counts}\n{tail}"
+    # Every record left is a dead letter's, and no lease owner outlives its lease.
+    assert counts == (0, 0, dead, dead, 0), (
+        f"queue at the end (ready, leased, dead, records, owners): {counts}\n{tail}"
+    )

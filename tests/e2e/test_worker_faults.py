@@ -66,26 +66,39 @@ def test_a_thread_that_ends_takes_the_daemon_down_with_a_traceback_in_json(
     assert "Traceback" not in daemon.stderr
 
 
-@pytest.mark.dead_letters(1)
+UNREADABLE = {
+    "c" * 32: b"not a packed record",
+    "d" * 32: msgpack.packb(["k"] * 9),  # nine fields, most of the wrong type
+    "e" * 32: msgpack.packb(["t:e", "event", 1, False, False, 0, 0, "", None]),
+    "f" * 32: msgpack.packb(["t:f", "event", 1, False, False, True, 0, "", False]),
+}
+
+
+@pytest.mark.dead_letters(len(UNREADABLE))
 def test_jobs_with_numbers_packed_as_floats_or_unreadable_records_are_settled(
     sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:
     """Lua packs a number as a float when it is not whole; a deadline past the year 9999
-    fits no date; a record something else wrote is dead-lettered, not a crash."""
+    fits no date; a record something else wrote is dead-lettered whole, by a settle that
+    does not stop halfway (the queue's records and owners are checked after the test)."""
     client = redis_db.client()
     for job_id, deadline in (("a" * 32, 1.735e12), ("b" * 32, 300000000000000)):
         record = [f"t:{job_id[0]}", "event", 1.7e12, deadline, False, 0.0, 0, "", False]
         client.hset("expiryd:jobs", job_id, msgpack.packb(record))
         client.zadd("expiryd:jobs:ready", {job_id: 0})
-    client.hset("expiryd:jobs", "c" * 32, b"not a packed record")
-    client.zadd("expiryd:jobs:ready", {"c" * 32: 0})
+    for job_id, record in UNREADABLE.items():
+        client.hset("expiryd:jobs", job_id, record)
+        client.zadd("expiryd:jobs:ready", {job_id: 0})
     daemon = start_daemon(sqlite_url, ACCEPT)
 
-    lines = {line["expiry_id"]: line for line in daemon.wait_for_event("expiry.handled", 3)}
+    handled = daemon.wait_for_event("expiry.handled", 2 + len(UNREADABLE))
+    lines = {line["expiry_id"]: line for line in handled}
     assert lines["a" * 32]["deadline"] == "2024-12-24T00:26:40.000+00:00"
     assert lines["b" * 32]["deadline"] is None and lines["b" * 32]["outcome"] == "applied"
-    assert lines["c" * 32]["outcome"] == "dead"
-    assert "not one expiryd wrote" in lines["c" * 32]["error"]
+    for job_id in UNREADABLE:
+        assert lines[job_id]["outcome"] == "dead"
+        assert "not one expiryd wrote" in lines[job_id]["error"]
+    assert not daemon.events("worker.crashed")
 
 
 def test_a_daemon_killed_with_a_job_in_hand_uses_up_no_attempt(
@@ -166,7 +179,71 @@ def test_a_stop_that_outlasts_the_grace_ends_within_it(
     assert daemon.stop(signal.SIGTERM, timeout=10) == 0
     assert time.monotonic() - asked < 4
     assert daemon.events("expiryd.stopped")[0]["unfinished"] == 1
-    redis_db.client().delete("expiryd:jobs:leases", "expiryd:jobs:ready")  # left on purpose
+    left_on_purpose = ("expiryd:jobs:leases", "expiryd:jobs", "expiryd:jobs:owners")
+    redis_db.client().delete(*left_on_purpose)
+
+
+FAST = '[[routes]]\npattern = "fast:{n}"\nhandler = "tests.support.hooks:record_call"\n'
+SLOW_THEN_FAST = {"a" * 32: "slow:1", "b" * 32: "fast:1"}
+
+
+def queue_slow_then_fast(redis_db: RedisServer) -> None:
+    """Two jobs ready before the daemon starts, so one worker takes both in one batch:
+    a slow group first, then a fast one."""
+    client = redis_db.client()
+    for score, (job_id, key) in enumerate(SLOW_THEN_FAST.items()):
+        record = [key, "event", 1, False, False, 0, 0, "", False]
+        client.hset("expiryd:jobs", job_id, msgpack.packb(record))
+        client.zadd("expiryd:jobs:ready", {job_id: score})
+
+
+def started(redis_db: RedisServer, job_id: str) -> bool:
+    owner = redis_db.client().hget("expiryd:jobs:owners", job_id) or b""
+    return owner.endswith(b" +")
+
+
+def test_a_worker_that_lost_its_lease_runs_no_more_of_its_batch(
+    sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    """While the slow group runs, the fast job's lease passes to someone else (as after
+    Redis was out of reach for longer than the lease). The worker notices at its next
+    heartbeat and does not run the fast job after the slow one: it runs once, when its
+    lease has lapsed and it was handed out again."""
+    add_calls(sqlite_url)
+    queue_slow_then_fast(redis_db)
+    body = "[worker]\nlease_seconds = 2\nconcurrency = 1\n" + SLOW + FAST
+    env = {"HOOK_DATABASE_URL": sqlite_url, "HOOK_SLEEP": "3"}
+    daemon = start_daemon(sqlite_url, body, env=env)
+    daemon.wait_for(lambda: started(redis_db, "a" * 32), 10, "the slow group to start")
+    redis_db.client().hset("expiryd:jobs:owners", "b" * 32, "someone-else -")
+
+    daemon.wait_for_event("expiry.handled", 2, timeout=20)
+    (lost,) = daemon.events("lease.lost")
+    assert (lost["jobs"], lost["held"]) == (1, 1)
+    assert daemon.events("batch.slow")[0]["jobs"] == 1
+    assert daemon.events("jobs.requeued")
+    assert sorted(key for key, _, _ in calls(sqlite_url)) == ["fast:1", "slow:1"]
+
+
+def test_a_stop_puts_back_the_groups_not_started_using_up_nothing(
+    sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    add_calls(sqlite_url)
+    queue_slow_then_fast(redis_db)
+    body = "[worker]\nconcurrency = 1\n" + SLOW + FAST
+    env = {"HOOK_DATABASE_URL": sqlite_url, "HOOK_SLEEP": "2"}
+    first = start_daemon(sqlite_url, body, env=env)
+    first.wait_for(lambda: started(redis_db, "a" * 32), 10, "the slow group to start")
+    assert first.stop(signal.SIGTERM) == 0
+    assert [key for key, _, _ in calls(sqlite_url)] == ["slow:1"]
+    client = redis_db.client()
+    assert client.zscore("expiryd:jobs:ready", "b" * 32) is not None
+    assert client.hlen("expiryd:jobs:owners") == 0
+
+    second = start_daemon(sqlite_url, body, env=env)
+    (line,) = second.wait_for_event("expiry.handled")
+    assert (line["key"], line["attempt"], line["outcome"]) == ("fast:1", 1, "applied")
+    assert not second.events("jobs.requeued")
 
 
 def test_the_unit_gives_the_daemon_more_time_to_stop_than_its_grace() -> None:

@@ -56,6 +56,7 @@ def test_a_lapsed_lease_is_handed_out_again_and_the_old_worker_cannot_settle(
 ) -> None:
     (job_id,) = enqueue(client, b"k")
     queue.take(10, 50, "w1")
+    queue.mark_started("w1", [job_id])
     time.sleep(0.1)
     assert queue.requeue_lapsed() == 1
     (again,) = queue.take(10, 30_000, "w2")
@@ -97,21 +98,22 @@ def test_replay_and_purge_work_in_chunks_over_many_dead_letters(
     assert queue.counts() == {"ready": 1200, "leased": 0, "dead": 0}
 
 
-def test_a_lapse_counts_only_against_the_job_a_careful_worker_was_running(
+def test_a_lapse_counts_only_against_the_jobs_a_worker_had_started(
     client: redis.Redis, queue: JobQueue
 ) -> None:
     ids = enqueue(client, b"k1", b"k2", b"k3")
-    queue.take(10, 50, "w1")  # settled together: which one killed it is unknown
+    queue.take(10, 50, "w1")
+    queue.mark_started("w1", ids[:2])  # a group of two was running when w1 died
     time.sleep(0.1)
     queue.requeue_lapsed()
-    taken = queue.take(10, 50, "w2")
-    assert {job.lapses for job in taken} == {1}
-    queue.mark("w2", ids, started=False)
-    queue.mark("w2", [ids[1]], started=True)
+    lapses = {job.id: job.lapses for job in queue.take(10, 50, "w2")}
+    assert lapses == {ids[0]: 1, ids[1]: 1, ids[2]: 0}
+    queue.mark_started("w2", [ids[1]])  # one at a time now
+    queue.mark_started("w1", [ids[2]])  # not w1's any more: no mark
     time.sleep(0.1)
     queue.requeue_lapsed()
     lapses = {job.id: job.lapses for job in queue.take(10, 30_000, "w3")}
-    assert lapses == {ids[0]: 1, ids[1]: 2, ids[2]: 1}
+    assert lapses == {ids[0]: 1, ids[1]: 2, ids[2]: 0}
 
 
 def test_a_renewed_lease_does_not_lapse_and_a_settled_job_is_not_renewed(

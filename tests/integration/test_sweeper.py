@@ -40,11 +40,11 @@ def running(client: redis.Redis) -> Iterator[tuple[Markers, threading.Event]]:
     `expired` events are still on their way; a sweeper running over them."""
     with client.pipeline(transaction=False) as pipe:
         for n in range(DUE):
-            pipe.set(f"k{n}", "v", px=20)
+            pipe.set(f"k{n}", "v", px=500)
         pipe.execute()
     ledger = Ledger(client, KEYSPACE)
-    ledger.record([f"k{n}".encode() for n in range(DUE)])
-    time.sleep(0.1)
+    assert ledger.record([f"k{n}".encode() for n in range(DUE)]) == DUE
+    time.sleep(0.7)
     markers, subscribed, stop = Markers(), threading.Event(), threading.Event()
     subscribed.set()
     sweeper = Sweeper(

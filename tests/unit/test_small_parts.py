@@ -114,6 +114,9 @@ def test_job_records_are_read_whatever_number_types_lua_packed() -> None:
         msgpack.packb([b"k"] * 9),
         msgpack.packb(list(range(9))),
         msgpack.packb([b"k", 7, 0, None, None, 0, 0, 5, None]),
+        msgpack.packb([b"k", b"event", 1, False, False, 0, 0, b"", None]),
+        msgpack.packb([b"k", b"event", 1, False, False, True, 0, b"", False]),
+        msgpack.packb([b"k", b"event", 1, False, False, 0, 0, b"", False, 0]),
     ],
 )
 def test_a_record_expiryd_did_not_write_is_unreadable_not_an_error(record: bytes) -> None:
