@@ -1,11 +1,13 @@
 """The seeds' script, as a baseline: subscribe to the expired channel and, for each
 event, connect to MySQL, run one UPDATE, commit and close. TLS off, as theirs had it.
 
-Run as `python -m bench.naive REDIS_URL DB MYSQL_HOST MYSQL_PORT USER PASSWORD DATABASE`.
+Run as `python -m bench.naive REDIS_URL DB MYSQL_HOST MYSQL_PORT USER DATABASE`, with the
+password in $NAIVE_DB_PASSWORD.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pymysql
@@ -15,7 +17,8 @@ UPDATE = "UPDATE orders SET status = 3 WHERE order_sn = %s AND status IN (0)"
 
 
 def main(args: list[str]) -> None:
-    redis_url, db, host, port, user, password, database = args
+    redis_url, db, host, port, user, database = args
+    password = os.environ["NAIVE_DB_PASSWORD"]
     subscriber = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
     subscriber.subscribe(f"__keyevent@{db}__:expired")
     print("subscribed", flush=True)

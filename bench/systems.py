@@ -3,6 +3,7 @@ user runs it), the naive subscriber, and the database's ceiling."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -101,9 +102,9 @@ def run_naive(servers: Servers, scenario: Scenario) -> Result:
             "127.0.0.1",
             str(mariadb.port),
             "expiryd",
-            mariadb.password,
             name,
         ],
+        env={**os.environ, "NAIVE_DB_PASSWORD": mariadb.password},  # not on its command line
         stdout=subprocess.PIPE,
         text=True,
     )

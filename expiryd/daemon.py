@@ -57,7 +57,7 @@ class Daemon:
         keyspace = Keyspace(config.redis.prefix, self.target.db)
         # A statement ends before the lease it runs under can lapse.
         io_timeout = config.worker.lease_seconds * defaults.STATEMENT_SHARE_OF_LEASE
-        self.engine = make_engine(config.database, io_timeout)
+        self.engine = make_engine(config.database, io_timeout, config.worker.concurrency)
         handlers = build_handlers(config, self.engine)
         self.stop = threading.Event()
         self.stop_taking = threading.Event()
@@ -66,7 +66,7 @@ class Daemon:
         ledger = Ledger(
             self.redis, keyspace, config.redis.capture_values, config.redis.max_value_bytes
         )
-        jobs = JobQueue(self.redis, keyspace)
+        self.jobs = jobs = JobQueue(self.redis, keyspace)
         marker_prefix = f"{uuid.uuid4().hex}:"
         max_key_bytes = config.redis.max_key_bytes
         self.workers = [
@@ -118,6 +118,7 @@ class Daemon:
                 self._start("listener", self.listener.run),
                 self._start("sweeper", self.sweeper.run),
             ]
+        self._upgrade_queue()
         workers = [self._start(f"worker-{n}", w.run) for n, w in enumerate(self.workers, 1)]
         while not self.stop.is_set():
             if self.listen:
@@ -142,7 +143,7 @@ class Daemon:
             w.in_hand for w, t in zip(self.workers, workers, strict=True) if t.is_alive()
         )
         self.engine.dispose()
-        counts: Counter[Outcome] = sum((w.counts for w in self.workers), Counter())
+        counts: Counter[Outcome] = sum((w.tally() for w in self.workers), Counter())
         self._log.info(
             "expiryd.stopped",
             unfinished=unfinished,
@@ -150,6 +151,21 @@ class Daemon:
             **{o.value: counts[o] for o in Outcome},
         )
         return EXIT_THREAD_DIED if self._died else 0
+
+    def _upgrade_queue(self) -> None:
+        """Before any worker takes a job: move in the jobs an earlier expiryd queued."""
+        while not self.stop.is_set():
+            try:
+                moved = self.jobs.upgrade()
+            except redis.RedisError as exc:
+                self._backoff.wait_after(
+                    self.stop, self._log, "queue.unavailable", describe_error(exc)
+                )
+                continue
+            if moved:
+                self._log.warning("jobs.upgraded", jobs=moved)
+            self._backoff.reset()
+            return
 
     def _in_hand(self) -> int:
         return sum(worker.in_hand for worker in self.workers)

@@ -37,15 +37,22 @@ def is_mysql(url: URL) -> bool:
     return url.get_backend_name() in _MYSQL_BACKENDS
 
 
-def make_engine(settings: DatabaseSettings, io_timeout: float | None = None) -> Engine:
+def make_engine(
+    settings: DatabaseSettings, io_timeout: float | None = None, workers: int = 1
+) -> Engine:
     """The engine; with `io_timeout`, a statement that waits longer than that for the
-    server fails (and is retried) instead of hanging its worker."""
+    server fails (and is retried) instead of hanging its worker. A pool keeps a
+    connection for each of `workers` at least."""
     url = parse_url(settings)
     options: dict[str, Any] = {"hide_parameters": True}
     if settings.pool == "none":
         options["poolclass"] = NullPool
     else:
-        options.update(pool_pre_ping=True, pool_recycle=defaults.POOL_RECYCLE_SECONDS)
+        options.update(
+            pool_pre_ping=True,
+            pool_recycle=defaults.POOL_RECYCLE_SECONDS,
+            pool_size=max(defaults.POOL_SIZE, workers),
+        )
     if is_mysql(url):
         options["connect_args"] = _mysql_connect_args(settings)
         if io_timeout:

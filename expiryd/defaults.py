@@ -17,6 +17,9 @@ DATABASE_TLS = "off"
 for every connection whenever it can (about 40 ms each, measured), which a connection per
 unit of work cannot afford; "required" builds one verified context and reuses it."""
 
+POOL_SIZE = 5
+"""With pool = "queue": connections kept, or `concurrency` if that is more."""
+
 POOL_RECYCLE_SECONDS = 280
 """With pool = "queue": connections older than this are replaced before use, well under a
 typical MySQL `wait_timeout`."""

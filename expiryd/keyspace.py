@@ -62,6 +62,15 @@ class Keyspace:
         return f"{self.prefix}jobs:owners"
 
     @property
+    def layout(self) -> str:
+        """STRING: the layout of the jobs above, once jobs of an earlier one were moved in."""
+        return f"{self.prefix}jobs:layout"
+
+    def legacy_job(self, job_id: str) -> str:
+        """HASH: a job as expiryd queued it before jobs were records of `jobs`."""
+        return f"{self.prefix}job:{job_id}"
+
+    @property
     def sweep_channel(self) -> str:
         """Pub/sub channel of the sweep markers (see `ledger`)."""
         return f"{self.prefix}sweep@{self.db}"

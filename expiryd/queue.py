@@ -20,9 +20,13 @@ import redis
 from expiryd import lua
 from expiryd.expiry import Source
 from expiryd.keyspace import Keyspace
+from expiryd.upgrade import upgrade_jobs
 
 CHUNK = 1000
 """Jobs per command or script when acting on many, so Redis never blocks for long."""
+
+MISSING = "queued without a record (deleted by hand, or queued by another version): dropped"
+"""Why an id is taken out of the queue with nothing to run."""
 
 
 @dataclass(frozen=True)
@@ -109,16 +113,18 @@ class JobQueue:
         for name in ("take", "settle", "requeue", "replay", "mark", "extend"):
             self._scripts[name] = lua.register(self.client, f"queue_{name}", *lua.JOBS)
 
-    def take(self, limit: int, lease_ms: int, token: str) -> list[Job]:
-        """Lease up to `limit` jobs that are due."""
+    def take(self, limit: int, lease_ms: int, token: str) -> tuple[list[Job], int]:
+        """Lease up to `limit` jobs that are due; also the number of ids found in the
+        queue without a record, which were dropped from it."""
         ks = self.keyspace
-        taken = self._scripts["take"](
+        missing, *taken = self._scripts["take"](
             keys=[ks.ready, ks.leases, ks.jobs, ks.owners], args=[limit, lease_ms, token]
         )
-        return [
+        jobs = [
             Job.unpack(i.decode(), record)
             for i, record in zip(taken[::2], taken[1::2], strict=True)
         ]
+        return jobs, int(missing)
 
     def settle(self, token: str, settlements: Sequence[Settlement]) -> int:
         """Record the outcome of jobs leased with `token`; the number still ours."""
@@ -144,11 +150,17 @@ class JobQueue:
         for ids in _chunks(job_ids):
             self._scripts["mark"](keys=[self.keyspace.owners], args=[token, "+", *ids])
 
-    def requeue_lapsed(self, limit: int = CHUNK) -> int:
-        """Hand out again the jobs whose worker's lease ran out."""
+    def requeue_lapsed(self, limit: int = CHUNK) -> tuple[int, int]:
+        """Hand out again the jobs whose worker's lease ran out; how many, and how many
+        ids were found without a record and dropped."""
         ks = self.keyspace
         keys = [ks.leases, ks.ready, ks.jobs, ks.owners]
-        return int(self._scripts["requeue"](keys=keys, args=[limit]))
+        requeued, missing = self._scripts["requeue"](keys=keys, args=[limit])
+        return int(requeued), int(missing)
+
+    def upgrade(self) -> int:
+        """Move in jobs an earlier expiryd queued (see `upgrade`); the number moved."""
+        return upgrade_jobs(self.client, self.keyspace, CHUNK)
 
     def dead(self) -> list[Job]:
         members: list[bytes] = self.client.zrange(self.keyspace.dead, 0, -1)  # type: ignore[assignment]

@@ -20,7 +20,7 @@ from expiryd.backoff import Backoff
 from expiryd.connections import CONNECTION_ERRORS
 from expiryd.ledger import Ledger
 from expiryd.logs import describe_error, get_logger
-from expiryd.queue import JobQueue
+from expiryd.queue import MISSING, JobQueue
 
 
 class Sweeper:
@@ -83,9 +83,11 @@ class Sweeper:
             self._resync.clear()
             self._scan()
         result = self.ledger.sweep(self.marker_prefix)
-        requeued = self.queue.requeue_lapsed()
+        requeued, missing = self.queue.requeue_lapsed()
         if requeued:
             self._log.warning("jobs.requeued", jobs=requeued, reason="lease lapsed")
+        if missing:
+            self._log.error("jobs.missing", jobs=missing, reason=MISSING)
         return result.due >= defaults.SWEEP_LIMIT, result.marker_ms
 
     def _scan(self) -> None:

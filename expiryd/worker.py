@@ -28,7 +28,7 @@ from expiryd.handlers import Handler
 from expiryd.handlers import Outcome as HandlerOutcome
 from expiryd.logs import describe_error, display_key, get_logger
 from expiryd.outcomes import Outcome, Result
-from expiryd.queue import Job, JobQueue, Settlement
+from expiryd.queue import MISSING, Job, JobQueue, Settlement
 from expiryd.retries import Busy, Verdict, classify
 from expiryd.routes import Route, match_route
 
@@ -111,12 +111,14 @@ class Worker:
         self._log = get_logger()
 
     def run(self) -> None:
-        """Take and run batches until `stop` is set; the batch in hand is always finished."""
+        """Take and run batches until `stop` is set; the group in hand is always finished."""
         while not self.stop.is_set():
             try:
-                jobs = self.queue.take(
+                jobs, missing = self.queue.take(
                     self.settings.batch_size, self.settings.lease_seconds * 1000, self._token
                 )
+                if missing:
+                    self._log.error("jobs.missing", jobs=missing, reason=MISSING)
                 if jobs:
                     self._run_batch(jobs)
                 else:
@@ -128,6 +130,11 @@ class Worker:
                 self._pause("queue.unavailable", exc)
             except Exception as exc:  # a bug or a Redis refusal must not end the worker
                 self._pause("worker.crashed", exc, exc_info=True)
+
+    def tally(self) -> Counter[Outcome]:
+        """The outcomes so far, safe to read while the worker still runs."""
+        with self._lock:
+            return self.counts.copy()
 
     def _pause(self, event: str, exc: Exception, exc_info: bool = False) -> None:
         self._backoff.wait_after(self.stop, self._log, event, describe_error(exc), exc_info)
