@@ -112,13 +112,13 @@ class Daemon:
             capture_values=self.config.redis.capture_values,
             concurrency=len(self.workers),
         )
+        self._upgrade_queue()
         threads = []
         if self.listen:
             threads += [
                 self._start("listener", self.listener.run),
                 self._start("sweeper", self.sweeper.run),
             ]
-        self._upgrade_queue()
         workers = [self._start(f"worker-{n}", w.run) for n, w in enumerate(self.workers, 1)]
         while not self.stop.is_set():
             if self.listen:
@@ -153,11 +153,11 @@ class Daemon:
         return EXIT_THREAD_DIED if self._died else 0
 
     def _upgrade_queue(self) -> None:
-        """Before any worker takes a job: move in the jobs an earlier expiryd queued."""
+        """Before any thread touches the queue: move in the jobs an earlier expiryd queued."""
         while not self.stop.is_set():
             try:
                 moved = self.jobs.upgrade()
-            except redis.RedisError as exc:
+            except (redis.RedisError, *CONNECTION_ERRORS) as exc:
                 self._backoff.wait_after(
                     self.stop, self._log, "queue.unavailable", describe_error(exc)
                 )

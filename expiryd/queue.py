@@ -145,10 +145,13 @@ class JobQueue:
             for ids in _chunks(job_ids)
         )
 
-    def mark_started(self, token: str, job_ids: Sequence[str]) -> None:
-        """Mark jobs leased with `token` as about to run (see requeue)."""
-        for ids in _chunks(job_ids):
-            self._scripts["mark"](keys=[self.keyspace.owners], args=[token, "+", *ids])
+    def mark_started(self, token: str, job_ids: Sequence[str]) -> int:
+        """Mark jobs leased with `token` as about to run (see requeue); the number still
+        ours."""
+        return sum(
+            int(self._scripts["mark"](keys=[self.keyspace.owners], args=[token, "+", *ids]))
+            for ids in _chunks(job_ids)
+        )
 
     def requeue_lapsed(self, limit: int = CHUNK) -> tuple[int, int]:
         """Hand out again the jobs whose worker's lease ran out; how many, and how many

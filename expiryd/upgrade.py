@@ -21,10 +21,15 @@ def upgrade_jobs(client: redis.Redis, keyspace: Keyspace, chunk: int) -> int:
     if client.get(keyspace.layout) == LAYOUT.encode():
         return 0
     moved = 0
-    for ids in _queued_ids(client, keyspace, chunk):
-        records: list[bytes | None] = client.hmget(keyspace.jobs, ids)  # type: ignore[assignment]
-        missing = [i for i, record in zip(ids, records, strict=True) if record is None]
-        moved += _move(client, keyspace, missing)
+    while True:  # again until nothing moves: another daemon may change the sets meanwhile
+        moved_now = 0
+        for ids in _queued_ids(client, keyspace, chunk):
+            records: list[bytes | None] = client.hmget(keyspace.jobs, ids)  # type: ignore[assignment]
+            missing = [i for i, record in zip(ids, records, strict=True) if record is None]
+            moved_now += _move(client, keyspace, missing)
+        moved += moved_now
+        if not moved_now:
+            break
     client.set(keyspace.layout, LAYOUT)
     return moved
 
@@ -33,7 +38,8 @@ def _queued_ids(client: redis.Redis, keyspace: Keyspace, chunk: int) -> Iterator
     for queue in (keyspace.ready, keyspace.leases, keyspace.dead):
         for start in range(0, int(client.zcard(queue)), chunk):
             members = client.zrange(queue, start, start + chunk - 1)
-            yield [m.decode() for m in members]  # type: ignore[union-attr]
+            if members:
+                yield [m.decode() for m in members]  # type: ignore[union-attr]
 
 
 def _move(client: redis.Redis, keyspace: Keyspace, job_ids: list[str]) -> int:
@@ -56,8 +62,12 @@ def _record(fields: dict[bytes, bytes]) -> bytes:
     """The earlier HASH as today's record, strings packed as Lua packs them."""
 
     def number(name: bytes) -> int | bool:
-        raw = fields.get(name)
-        return int(float(raw)) if raw else False
+        """A number as Redis wrote it (`1.7e+12` included), or false; an unreadable one
+        is false too, and shows as missing in the job's log line."""
+        try:
+            return int(float(fields[name]))
+        except (KeyError, ValueError, OverflowError):
+            return False
 
     record = [
         fields.get(b"key", b""),

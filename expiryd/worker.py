@@ -155,16 +155,27 @@ class Worker:
                     for settled in self._run_jobs(jobs[start : start + size], lease):
                         self._settle(settled, lease)
                         if self.stop.is_set() or lease.lost:
-                            self._settle([Settlement(i, "defer") for i in lease.held], lease)
-                            return
+                            break
+                    if self.stop.is_set() or lease.lost:
+                        self._settle([Settlement(i, "defer") for i in lease.held], lease)
+                        return
         finally:
             self.in_hand = 0
 
     def _settle(self, done: list[Settlement], lease: _Lease) -> None:
         with lease.lock:
-            self.queue.settle(self._token, done)
+            ours = self.queue.settle(self._token, done)
             lease.held.difference_update(s.job_id for s in done)
         self.in_hand -= len(done)
+        self._check_held(lease, ours, len(done))
+
+    def _check_held(self, lease: _Lease, ours: int, expected: int) -> None:
+        """Redis said only `ours` of `expected` jobs are still this worker's: the others
+        lapsed (Redis was out of reach for longer than the lease) and went to another
+        worker. The batch stops after the group it runs; the rest is put back."""
+        if ours < expected and not lease.lost:
+            lease.lost = True
+            self._log.warning("lease.lost", jobs=expected - ours, held=ours)
 
     @contextmanager
     def _heartbeat(self, lease: _Lease) -> Iterator[None]:
@@ -195,15 +206,11 @@ class Worker:
             self._warn_if_slow(lease)
 
     def _extend(self, lease: _Lease) -> None:
-        """Renew the jobs still held; if Redis says some are no longer ours (the lease
-        lapsed while Redis was out of reach, and they were handed out again), the batch
-        stops after the group it runs."""
+        """Renew the jobs still held (and find out whether they still are)."""
         with lease.lock:
             held = list(lease.held)
             renewed = self.queue.extend(self._token, held, self.settings.lease_seconds * 1000)
-        if renewed < len(held) and not lease.lost:
-            lease.lost = True
-            self._log.warning("lease.lost", jobs=len(held) - renewed, held=renewed)
+        self._check_held(lease, renewed, len(held))
 
     def _warn_if_slow(self, lease: _Lease) -> None:
         """A group that runs past its lease (a handler that does not return) is said once
@@ -229,7 +236,10 @@ class Worker:
             if attempt.ruling is None:
                 groups.setdefault(attempt.route.name, []).append(attempt)  # type: ignore[union-attr]
         for name, group in groups.items():
-            self.queue.mark_started(self._token, [a.job.id for a in group])
+            marked = self.queue.mark_started(self._token, [a.job.id for a in group])
+            self._check_held(lease, marked, len(group))
+            if lease.lost:
+                return
             lease.running, lease.slow_warnings = (name, len(group), time.monotonic()), 0
             try:
                 yield self._run_group(self.handlers[name], group)

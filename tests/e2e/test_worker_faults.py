@@ -212,12 +212,14 @@ def test_a_worker_that_lost_its_lease_runs_no_more_of_its_batch(
     add_calls(sqlite_url)
     queue_slow_then_fast(redis_db)
     body = "[worker]\nlease_seconds = 2\nconcurrency = 1\n" + SLOW + FAST
-    env = {"HOOK_DATABASE_URL": sqlite_url, "HOOK_SLEEP": "3"}
+    env = {"HOOK_DATABASE_URL": sqlite_url, "HOOK_SLEEP": "5"}
     daemon = start_daemon(sqlite_url, body, env=env)
     daemon.wait_for(lambda: started(redis_db, "a" * 32), 10, "the slow group to start")
     redis_db.client().hset("expiryd:jobs:owners", "b" * 32, "someone-else -")
 
     daemon.wait_for_event("expiry.handled", 2, timeout=20)
+    time.sleep(2)  # room for a second run of the fast job, were there one
+    assert len(daemon.handled()) == 2
     (lost,) = daemon.events("lease.lost")
     assert (lost["jobs"], lost["held"]) == (1, 1)
     assert daemon.events("batch.slow")[0]["jobs"] == 1
@@ -244,6 +246,36 @@ def test_a_stop_puts_back_the_groups_not_started_using_up_nothing(
     (line,) = second.wait_for_event("expiry.handled")
     assert (line["key"], line["attempt"], line["outcome"]) == ("fast:1", 1, "applied")
     assert not second.events("jobs.requeued")
+
+
+POISON = '[[routes]]\npattern = "p:{n}"\nhandler = "tests.support.hooks:exit_on_poison"\n'
+
+
+@pytest.mark.dead_letters(1)
+def test_a_job_that_kills_its_worker_is_found_out_and_the_rest_of_its_group_runs_once(
+    sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    """A handler ends the whole process on the first key of a group of four. The group
+    was marked as started, so all four are charged a lapse; from then on they run one at
+    a time, the poison first (and alone charged), until its fifth lapse dead-letters it
+    and the three others run, once."""
+    add_calls(sqlite_url)
+    client = redis_db.client()
+    for n, key in enumerate(("p:poison", "p:1", "p:2", "p:3")):
+        record = [key, "event", 1, False, False, 0, 0, "", False]
+        client.hset("expiryd:jobs", f"{n}" * 32, msgpack.packb(record))
+        client.zadd("expiryd:jobs:ready", {f"{n}" * 32: n})
+    body = "[worker]\nlease_seconds = 1\nconcurrency = 1\n" + POISON
+    env = {"HOOK_DATABASE_URL": sqlite_url}
+    for _ in range(5):
+        killed = start_daemon(sqlite_url, body, env=env, wait=False)
+        killed.wait_for(lambda d=killed: not d.running, 20, "the poison to end the daemon")
+    last = start_daemon(sqlite_url, body, env=env)
+    lines = {line["key"]: line for line in last.wait_for_event("expiry.handled", 4)}
+    assert lines["p:poison"]["outcome"] == "dead"
+    assert "stopped 5 times" in lines["p:poison"]["error"]
+    assert {lines[k]["outcome"] for k in ("p:1", "p:2", "p:3")} == {"applied"}
+    assert sorted(key for key, _, _ in calls(sqlite_url)) == ["p:1", "p:2", "p:3"]
 
 
 def test_the_unit_gives_the_daemon_more_time_to_stop_than_its_grace() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -35,21 +35,18 @@ class Markers:
 
 
 @pytest.fixture
-def running(client: redis.Redis) -> Iterator[tuple[Markers, threading.Event]]:
-    """`DUE` keys recorded, gone from Redis and not yet claimed, as when a burst's
-    `expired` events are still on their way; a sweeper running over them."""
-    with client.pipeline(transaction=False) as pipe:
-        for n in range(DUE):
-            pipe.set(f"k{n}", "v", px=500)
-        pipe.execute()
-    ledger = Ledger(client, KEYSPACE)
-    assert ledger.record([f"k{n}".encode() for n in range(DUE)]) == DUE
-    time.sleep(0.7)
+def running(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Markers, threading.Event]]:
+    """`DUE` deadlines passed whose keys are gone and not yet claimed, as when a burst's
+    `expired` events are still on their way; a sweeper running over them, which would
+    wait a minute for a marker that is not heard."""
+    monkeypatch.setattr(defaults, "MARKER_WAIT_SECONDS", 60.0)
+    client.zadd(KEYSPACE.deadlines, {f"k{n}": 1_700_000_000_000 + n for n in range(DUE)})
     markers, subscribed, stop = Markers(), threading.Event(), threading.Event()
     subscribed.set()
-    sweeper = Sweeper(
-        ledger, JobQueue(client, KEYSPACE), "me:", subscribed, markers.heard, stop, 1024
-    )
+    queue = JobQueue(client, KEYSPACE)
+    sweeper = Sweeper(Ledger(client, KEYSPACE), queue, "me:", subscribed, markers.heard, stop, 1024)
     thread = threading.Thread(target=sweeper.run, daemon=True)
     thread.start()
     yield markers, subscribed
@@ -57,9 +54,10 @@ def running(client: redis.Redis) -> Iterator[tuple[Markers, threading.Event]]:
     thread.join(5)
 
 
-def until(condition: object, seconds: float = 5.0) -> None:
+def soon(condition: Callable[[], bool], what: str, seconds: float = 2.0) -> None:
     deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:  # type: ignore[operator]
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
         time.sleep(0.02)
 
 
@@ -67,11 +65,12 @@ def test_a_sweep_waits_for_its_marker_before_the_next(
     client: redis.Redis, running: tuple[Markers, threading.Event]
 ) -> None:
     markers, _ = running
-    until(lambda: markers.asked)
+    soon(lambda: bool(markers.asked), "a marker")
     time.sleep(0.5)  # ten sweep intervals: an ungated sweeper would have moved them all
     assert client.zcard(KEYSPACE.gone) == defaults.SWEEP_LIMIT
     markers.heard_until = markers.asked[-1]
-    until(lambda: client.zcard(KEYSPACE.gone) > defaults.SWEEP_LIMIT)
+    soon(lambda: client.zcard(KEYSPACE.gone) > defaults.SWEEP_LIMIT, "the next sweep")
+    time.sleep(0.3)
     assert client.zcard(KEYSPACE.gone) == 2 * defaults.SWEEP_LIMIT
 
 
@@ -80,9 +79,10 @@ def test_a_lost_connection_ends_the_wait(
 ) -> None:
     """The marker went with the connection; after the resubscribe the sweeper goes on."""
     markers, subscribed = running
-    until(lambda: markers.asked)
+    soon(lambda: bool(markers.asked), "a marker")
     subscribed.clear()
     time.sleep(0.3)
     subscribed.set()
-    until(lambda: client.zcard(KEYSPACE.gone) > defaults.SWEEP_LIMIT)
+    soon(lambda: client.zcard(KEYSPACE.gone) > defaults.SWEEP_LIMIT, "the next sweep")
+    time.sleep(0.3)
     assert client.zcard(KEYSPACE.gone) == 2 * defaults.SWEEP_LIMIT

@@ -77,6 +77,14 @@ def record_call_slowly(expiry: Expiry) -> None:
     record_call(expiry)
 
 
+def exit_on_poison(expiry: Expiry) -> None:
+    """Ends the whole process, as a crash in a C extension would, on `p:poison`; records
+    its call on any other key."""
+    if expiry.fields["n"] == "poison":
+        os._exit(3)
+    record_call(expiry)
+
+
 def fail_once_then_record(expiry: Expiry) -> None:
     if expiry.attempt == 1:
         raise ConnectionError("the shop's service is down")
