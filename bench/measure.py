@@ -46,12 +46,16 @@ class CpuMeter:
 
 
 def wait_for_changes(
-    changed: Callable[[], int], expected: int, until: float, stall_s: float = 60
+    changed: Callable[[], int],
+    expected: int,
+    until: float,
+    stall_s: float = 60,
+    alive: Callable[[], bool] = lambda: True,
 ) -> int:
-    """Poll the audit until every expected change is in, `until` passes, or nothing has
-    changed for `stall_s`; the count last seen."""
+    """Poll the audit until every expected change is in, `until` passes, nothing has
+    changed for `stall_s`, or what makes the changes is gone; the count last seen."""
     seen, progressed = -1, time.monotonic()
-    while time.time() < until:
+    while time.time() < until and alive():
         count = changed()
         if count >= expected:
             return count

@@ -111,8 +111,13 @@ def run_naive(servers: Servers, scenario: Scenario) -> Result:
     assert subscriber.stdout is not None
     subscriber.stdout.readline()
     try:
-        result = _measure(servers, scenario, shop, client, {"naive": subscriber.pid}, None)
+        pids = {"naive": subscriber.pid}
+        result = _measure(servers, scenario, shop, client, pids, None, subscriber)
         result.peak_rss_mb = peak_rss_mb(subscriber.pid)
+        if subscriber.poll() is not None:
+            # As the seeds' script does when Redis drops a subscriber that fell behind.
+            exited = f"the naive subscriber exited (code {subscriber.returncode}) mid-run"
+            result.notes.append(exited)
     finally:
         subscriber.terminate()
         subscriber.wait(10)
@@ -148,8 +153,10 @@ def _measure(
     client: redis.Redis,
     pids: dict[str, int],
     keyspace: Keyspace | None,
+    process: subprocess.Popen[str] | None = None,
 ) -> Result:
-    """Schedule the orders, then measure from the first deadline to the last change."""
+    """Schedule the orders, then measure from the first deadline to the last change (or
+    until `process`, what makes the changes, has exited)."""
     numbers = order_numbers(scenario.orders)
     lead_s = 3 + scenario.orders / SCHEDULE_RATE
     first_ms = int((time.time() + lead_s) * 1000)
@@ -168,7 +175,11 @@ def _measure(
     meter.start()
     profiler = _profile(servers, pids, scenario)
     last_s = deadlines_ms[-1] / 1000
-    wait_for_changes(shop.changed, scenario.orders, last_s + scenario.give_up_after_s)
+
+    def alive() -> bool:
+        return process is None or process.poll() is None
+
+    wait_for_changes(shop.changed, scenario.orders, last_s + scenario.give_up_after_s, alive=alive)
     cpu = meter.stop()
     if profiler:
         profiler.send_signal(signal.SIGINT)

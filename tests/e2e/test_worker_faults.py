@@ -187,14 +187,21 @@ FAST = '[[routes]]\npattern = "fast:{n}"\nhandler = "tests.support.hooks:record_
 SLOW_THEN_FAST = {"a" * 32: "slow:1", "b" * 32: "fast:1"}
 
 
-def queue_slow_then_fast(redis_db: RedisServer) -> None:
-    """Two jobs ready before the daemon starts, so one worker takes both in one batch:
-    a slow group first, then a fast one."""
+def run_slow_then_fast(
+    start_daemon: StartDaemon, redis_db: RedisServer, url: str, body: str, sleep: str
+) -> DaemonProcess:
+    """Two jobs ready before the daemon starts, so one worker takes both in one batch: a
+    slow group first (`sleep` seconds), then a fast one. Returns once the slow one runs."""
+    add_calls(url)
     client = redis_db.client()
     for score, (job_id, key) in enumerate(SLOW_THEN_FAST.items()):
         record = [key, "event", 1, False, False, 0, 0, "", False]
         client.hset("expiryd:jobs", job_id, msgpack.packb(record))
         client.zadd("expiryd:jobs:ready", {job_id: score})
+    env = {"HOOK_DATABASE_URL": url, "HOOK_SLEEP": sleep}
+    daemon = start_daemon(url, body + SLOW + FAST, env=env)
+    daemon.wait_for(lambda: started(redis_db, "a" * 32), 10, "the slow group to start")
+    return daemon
 
 
 def started(redis_db: RedisServer, job_id: str) -> bool:
@@ -209,12 +216,8 @@ def test_a_worker_that_lost_its_lease_runs_no_more_of_its_batch(
     Redis was out of reach for longer than the lease). The worker notices at its next
     heartbeat and does not run the fast job after the slow one: it runs once, when its
     lease has lapsed and it was handed out again."""
-    add_calls(sqlite_url)
-    queue_slow_then_fast(redis_db)
-    body = "[worker]\nlease_seconds = 2\nconcurrency = 1\n" + SLOW + FAST
-    env = {"HOOK_DATABASE_URL": sqlite_url, "HOOK_SLEEP": "5"}
-    daemon = start_daemon(sqlite_url, body, env=env)
-    daemon.wait_for(lambda: started(redis_db, "a" * 32), 10, "the slow group to start")
+    body = "[worker]\nlease_seconds = 2\nconcurrency = 1\n"
+    daemon = run_slow_then_fast(start_daemon, redis_db, sqlite_url, body, sleep="5")
     redis_db.client().hset("expiryd:jobs:owners", "b" * 32, "someone-else -")
 
     daemon.wait_for_event("expiry.handled", 2, timeout=20)
@@ -230,19 +233,16 @@ def test_a_worker_that_lost_its_lease_runs_no_more_of_its_batch(
 def test_a_stop_puts_back_the_groups_not_started_using_up_nothing(
     sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:
-    add_calls(sqlite_url)
-    queue_slow_then_fast(redis_db)
-    body = "[worker]\nconcurrency = 1\n" + SLOW + FAST
-    env = {"HOOK_DATABASE_URL": sqlite_url, "HOOK_SLEEP": "2"}
-    first = start_daemon(sqlite_url, body, env=env)
-    first.wait_for(lambda: started(redis_db, "a" * 32), 10, "the slow group to start")
+    body = "[worker]\nconcurrency = 1\n"
+    first = run_slow_then_fast(start_daemon, redis_db, sqlite_url, body, sleep="2")
     assert first.stop(signal.SIGTERM) == 0
     assert [key for key, _, _ in calls(sqlite_url)] == ["slow:1"]
     client = redis_db.client()
     assert client.zscore("expiryd:jobs:ready", "b" * 32) is not None
     assert client.hlen("expiryd:jobs:owners") == 0
 
-    second = start_daemon(sqlite_url, body, env=env)
+    env = {"HOOK_DATABASE_URL": sqlite_url}
+    second = start_daemon(sqlite_url, body + SLOW + FAST, env=env)
     (line,) = second.wait_for_event("expiry.handled")
     assert (line["key"], line["attempt"], line["outcome"]) == ("fast:1", 1, "applied")
     assert not second.events("jobs.requeued")
