@@ -140,18 +140,12 @@ class JobQueue:
     def extend(self, token: str, job_ids: Sequence[str], lease_ms: int) -> int:
         """Renew the lease of jobs still held with `token`; the number still ours."""
         ks = self.keyspace
-        return sum(
-            int(self._scripts["extend"](keys=[ks.leases, ks.owners], args=[token, lease_ms, *ids]))
-            for ids in _chunks(job_ids)
-        )
+        return self._by_chunk("extend", [ks.leases, ks.owners], [token, lease_ms], job_ids)
 
     def mark_started(self, token: str, job_ids: Sequence[str]) -> int:
         """Mark jobs leased with `token` as about to run (see requeue); the number still
         ours."""
-        return sum(
-            int(self._scripts["mark"](keys=[self.keyspace.owners], args=[token, "+", *ids]))
-            for ids in _chunks(job_ids)
-        )
+        return self._by_chunk("mark", [self.keyspace.owners], [token, "+"], job_ids)
 
     def requeue_lapsed(self, limit: int = CHUNK) -> tuple[int, int]:
         """Hand out again the jobs whose worker's lease ran out; how many, and how many
@@ -165,6 +159,14 @@ class JobQueue:
         """Move in jobs an earlier expiryd queued (see `upgrade`); the number moved."""
         return upgrade_jobs(self.client, self.keyspace, CHUNK)
 
+    def _by_chunk(
+        self, script: str, keys: list[str], head: list[Any], job_ids: Sequence[str]
+    ) -> int:
+        """Run a script on the ids a chunk at a time (its ARGV: `head`, then the ids);
+        the sum of what it returns."""
+        run = self._scripts[script]
+        return sum(int(run(keys=keys, args=[*head, *ids])) for ids in _chunks(job_ids))
+
     def dead(self) -> list[Job]:
         members: list[bytes] = self.client.zrange(self.keyspace.dead, 0, -1)  # type: ignore[assignment]
         jobs: list[Job] = []
@@ -177,10 +179,7 @@ class JobQueue:
 
     def replay(self, job_ids: Sequence[str]) -> int:
         ks = self.keyspace
-        return sum(
-            int(self._scripts["replay"](keys=[ks.dead, ks.ready, ks.jobs], args=[*chunk]))
-            for chunk in _chunks(job_ids)
-        )
+        return self._by_chunk("replay", [ks.dead, ks.ready, ks.jobs], [], job_ids)
 
     def purge(self, job_ids: Sequence[str]) -> int:
         removed = 0
