@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import footprint, report
@@ -39,21 +40,30 @@ def main() -> None:
         servers.profile = out if args.profile else None
         servers.redis.start()
         servers.mariadb.start()
+
+        def save(results: list, fp: footprint.Footprint | None) -> str:
+            """Written after every scenario, so that a run cut short keeps what it has."""
+            title = f"expiryd bench, {orders:,} orders: {report.machine()}"
+            text = f"# {title}\n\n{report.table(results, fp)}"
+            (out / "results.md").write_text(text)
+            return text
+
         try:
-            results, fp = _run_all(servers, orders, args)
+            results, fp = _run_all(servers, orders, args, save)
         finally:
             servers.redis.stop()
             servers.mariadb.stop()
-    title = f"expiryd bench, {orders:,} orders: {report.machine()}"
-    text = f"# {title}\n\n{report.table(results, fp)}"
-    (out / "results.md").write_text(text)
+    text = save(results, fp)
     report.plot(results, out / "bench.png", f"expiryd bench, {orders:,} orders")
     print(text)
     print(f"written to {out}/")
 
 
 def _run_all(
-    servers: Servers, orders: int, args: argparse.Namespace
+    servers: Servers,
+    orders: int,
+    args: argparse.Namespace,
+    save: Callable[[list, footprint.Footprint | None], str],
 ) -> tuple[list, footprint.Footprint | None]:
     chosen = (
         set(args.only.split(","))
@@ -65,20 +75,25 @@ def _run_all(
     if "burst" in chosen:
         _say(f"expiryd: burst of {orders:,}")
         results.append(run_expiryd(servers, Scenario("burst", orders)))
+        save(results, None)
     if "spread" in chosen:
         _say(f"expiryd: {orders:,} spread over {spread_s:.0f} s among {OTHER_KEYS:,} other keys")
         results.append(run_expiryd(servers, Scenario("spread", orders, spread_s, OTHER_KEYS)))
+        save(results, None)
     if "naive" in chosen:
         sample = min(orders, args.naive_sample)
         _say(f"naive: burst of {sample:,}")
         results.append(run_naive(servers, Scenario("burst", sample, give_up_after_s=300)))
+        save(results, None)
         if not args.quick:
             _say(f"naive: {orders:,} spread over {spread_s:.0f} s")
             scenario = Scenario("spread", orders, spread_s, OTHER_KEYS, NAIVE_GIVE_UP_S)
             results.append(run_naive(servers, scenario))
+            save(results, None)
     if "ceiling" in chosen:
         _say(f"ceiling: {orders:,} in batched UPDATEs")
         results.append(run_ceiling(servers, orders))
+        save(results, None)
     fp = None
     if "footprint" in chosen:
         _say("Redis memory per ledger entry and queued job")

@@ -3,6 +3,7 @@ lateness as the database's audit trigger stamped it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import Counter
@@ -20,28 +21,40 @@ def cpu_seconds(pid: int) -> float:
 
 
 def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+    """The process's peak resident memory; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
     return 0.0
 
 
 class CpuMeter:
-    """CPU seconds each named process spends between `start` and `stop`."""
+    """CPU seconds each named process spends between `start` and `stop`. A process that
+    exits on the way counts what it had spent when last sampled (`sample` it while it
+    runs, before it is reaped)."""
 
     def __init__(self, pids: Mapping[str, int]) -> None:
         self.pids = dict(pids)
         self.spent: dict[str, float] = {}
         self._started: dict[str, float] = {}
+        self._last: dict[str, float] = {}
 
     def start(self) -> None:
-        self._started = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.sample()
+        self._started = dict(self._last)
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            with contextlib.suppress(FileNotFoundError):  # exited: its last reading stands
+                self._last[name] = cpu_seconds(pid)
 
     def stop(self) -> dict[str, float]:
-        self.spent = {
-            name: cpu_seconds(pid) - self._started[name] for name, pid in self.pids.items()
-        }
+        self.sample()
+        self.spent = {name: self._last[name] - self._started[name] for name in self.pids}
         return self.spent
 
 

@@ -113,7 +113,6 @@ def run_naive(servers: Servers, scenario: Scenario) -> Result:
     try:
         pids = {"naive": subscriber.pid}
         result = _measure(servers, scenario, shop, client, pids, None, subscriber)
-        result.peak_rss_mb = peak_rss_mb(subscriber.pid)
         if subscriber.poll() is not None:
             # As the seeds' script does when Redis drops a subscriber that fell behind.
             exited = f"the naive subscriber exited (code {subscriber.returncode}) mid-run"
@@ -176,8 +175,15 @@ def _measure(
     profiler = _profile(servers, pids, scenario)
     last_s = deadlines_ms[-1] / 1000
 
+    peak_mb = 0.0
+
     def alive() -> bool:
-        return process is None or process.poll() is None
+        nonlocal peak_mb
+        if process is None:
+            return True
+        meter.sample()  # before it is reaped, which takes its figures with it
+        peak_mb = max(peak_mb, peak_rss_mb(process.pid))
+        return process.poll() is None
 
     wait_for_changes(shop.changed, scenario.orders, last_s + scenario.give_up_after_s, alive=alive)
     cpu = meter.stop()
@@ -188,6 +194,8 @@ def _measure(
     name = "naive" if keyspace is None else "expiryd"
     result = Result(name, scenario.name, scenario.orders, deadlines, shop.changes(), cpu)
     result.notes += notes
+    if process is not None:
+        result.peak_rss_mb = max(peak_mb, peak_rss_mb(process.pid))
     result.commandstats = dict(client.info("commandstats"))
     return result
 
