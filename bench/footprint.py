@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import redis
 
-from expiryd.keyspace import Keyspace
-from expiryd.ledger import Ledger, Op, Step
+from expiryd.redis.keyspace import Keyspace
+from expiryd.redis.ledger import Ledger, Op, Step
 
 WINDOW = 1000
 

@@ -11,7 +11,7 @@ import redis
 from sqlalchemy import create_engine
 
 from expiryd.config import OrdersSettings
-from expiryd.sample import create_sample_table
+from expiryd.database.sample import create_sample_table
 
 CANCELLED = 3
 CHUNK = 10_000

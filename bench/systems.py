@@ -17,7 +17,7 @@ import redis
 from bench import ceiling
 from bench.measure import CpuMeter, Result, peak_rss_mb, wait_for_changes
 from bench.orders import Shop, order_numbers, other_keys, schedule
-from expiryd.keyspace import Keyspace
+from expiryd.redis.keyspace import Keyspace
 from tests.support.servers import MariaDB, RedisServer
 
 OTHER_KEYS = 100_000

@@ -1,3 +1,3 @@
-from expiryd.cli import main
+from expiryd.service.cli import main
 
 raise SystemExit(main())

@@ -84,6 +84,12 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    listen: tuple[str, int] | None = None
+    """Where the Prometheus endpoint listens (host, port); None: no endpoint."""
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     """The file this came from, for error messages ("(defaults)" when there was none)."""
@@ -94,6 +100,7 @@ class Config:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     """The retry policy of routes that do not set their own."""
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 def load(path: str | None = None, environ: Mapping[str, str] = os.environ) -> Config:
@@ -119,7 +126,7 @@ def _exists(path: Path) -> bool:
 
 def parse(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> Config:
     section = _Section(source, "", raw)
-    section.only("redis", "database", "orders", "worker", "retry", "routes")
+    section.only("redis", "database", "orders", "worker", "retry", "routes", "metrics")
     retry = _parse_retry(section.table("retry"), RetryPolicy())
     credentials = _credentials(environ)
     redis_settings = _parse_redis(section.table("redis"), environ, credentials)
@@ -133,6 +140,7 @@ def parse(raw: Mapping[str, Any], source: str, environ: Mapping[str, str]) -> Co
         routes=routes,
         worker=_parse_worker(section.table("worker")),
         retry=retry,
+        metrics=_parse_metrics(section.table("metrics")),
     )
 
 
@@ -145,11 +153,13 @@ def _credentials(environ: Mapping[str, str]) -> dict[str, str]:
     for name in (CREDENTIAL_REDIS_URL, CREDENTIAL_DATABASE_URL):
         path = Path(directory) / name
         try:
-            found[name] = path.read_text().strip()
+            value = path.read_text().strip()
         except FileNotFoundError:
             continue
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read credential: {exc.strerror}") from None
+        if value:  # an empty file (as installed) leaves the URL to the config file
+            found[name] = value
     return found
 
 
@@ -291,6 +301,18 @@ def _parse_worker(section: _Section) -> WorkerSettings:
             section, "concurrency", defaults.CONCURRENCY, at_most=defaults.CONCURRENCY_LIMIT
         ),
     )
+
+
+def _parse_metrics(section: _Section) -> MetricsSettings:
+    section.only("listen")
+    listen = section.get("listen", str, None)
+    if listen is None:
+        return MetricsSettings()
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise section.fail("listen", f'{listen!r} is not HOST:PORT, e.g. "127.0.0.1:9308"')
+    return MetricsSettings((host, int(port)))
 
 
 def _parse_retry(section: _Section, base: RetryPolicy) -> RetryPolicy:

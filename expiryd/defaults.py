@@ -133,3 +133,16 @@ dead-lettered instead of being handed out again: it is likely what kills the wor
 WORKER_POLL_SECONDS = 0.1
 """How often an idle worker looks for jobs that nobody woke it for (retries that came due,
 jobs another daemon queued)."""
+
+STALL_SECONDS = 30.0
+"""How long one of the daemon's loops may go without a turn before `loop.stalled` is
+logged. Under systemd's watchdog, `WatchdogSec=` takes its place."""
+
+STATUS_SECONDS = 5.0
+"""How often the daemon's one-line status (systemd's STATUS=) is brought up to date."""
+
+STOP_MARGIN_SECONDS = 5.0
+"""Asked of systemd on top of `grace_seconds` for a stop (EXTEND_TIMEOUT_USEC=)."""
+
+HEARTBEAT_LIFE_SECONDS = 15.0
+"""A daemon whose last heartbeat is older than this counts as gone (`expiryd status`)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
@@ -18,7 +19,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from expiryd import defaults
 from expiryd.redact import scrub
 
-FORMATS = ("auto", "json", "console")
+FORMATS = ("auto", "json", "journal", "console")
+"""journal: JSON lines, each behind the `<N>` syslog priority that journald reads (and
+strips), so that `journalctl -p warning` shows warnings and worse."""
 
 HANDLED_FIELDS = frozenset(
     {
@@ -41,28 +44,50 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
     """Set up structlog once, before the first line is logged."""
     if log_format == "auto":
         log_format = "console" if sys.stdout.isatty() else "json"
+    as_json = log_format in ("json", "journal")
     renderers: list[Any] = (
         [
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ]
-        if log_format == "json"
+        if as_json
         else [_escape_strings, structlog.dev.ConsoleRenderer()]
     )
+    if log_format == "journal":
+        renderers.append(_add_priority)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _remember_problem,
             *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=(
             structlog.BytesLoggerFactory(sys.stdout.buffer)
-            if log_format == "json"
+            if as_json
             else structlog.PrintLoggerFactory(sys.stdout)
         ),
         cache_logger_on_first_use=True,
     )
+
+
+_last_problem: dict[str, Any] | None = None
+
+
+def last_problem() -> dict[str, Any] | None:
+    """The last line logged at warning level or worse: its event, level, time and error."""
+    return _last_problem
+
+
+def _remember_problem(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    global _last_problem
+    if event.get("level") in ("warning", "error", "critical"):
+        fields = ("event", "level", "timestamp", "error", "key", "thread")
+        _last_problem = {name: event[name] for name in fields if event.get(name) is not None}
+    return event
 
 
 def get_logger(**context: Any) -> Any:
@@ -91,6 +116,14 @@ def escape_text(text: str) -> str:
     """`text` with control and invisible characters as `\\x..`/`\\u....` escapes, so that it
     cannot move the cursor, clear the screen or reorder what a terminal shows."""
     return _UNSAFE.sub(_escape, text)
+
+
+_PRIORITIES = {"debug": b"<7>", "info": b"<6>", "warning": b"<4>", "warn": b"<4>", "error": b"<3>"}
+"""syslog priorities by the name of the logging method: debug, info, warning, err."""
+
+
+def _add_priority(_logger: Any, method: str, line: bytes) -> bytes:
+    return _PRIORITIES.get(method, b"<2>" if method in ("critical", "fatal") else b"<3>") + line
 
 
 def _escape_strings(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,15 +21,17 @@ from typing import Any
 from expiryd import defaults
 from expiryd.backoff import Backoff
 from expiryd.config import WorkerSettings
-from expiryd.connections import CONNECTION_ERRORS
 from expiryd.expiry import Expiry
 from expiryd.handlers import Handler
 from expiryd.handlers import Outcome as HandlerOutcome
+from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, display_key, get_logger
 from expiryd.outcomes import Outcome, Result
-from expiryd.queue import MISSING, Job, JobQueue, Settlement
+from expiryd.redis.connections import CONNECTION_ERRORS
+from expiryd.redis.queue import MISSING, Job, JobQueue, Settlement
 from expiryd.retries import Busy, Verdict, classify
 from expiryd.routes import Route, match_route
+from expiryd.tally import Tally
 
 _SETTLE = {
     Outcome.APPLIED: "ack",
@@ -94,6 +95,8 @@ class Worker:
         settings: WorkerSettings,
         max_key_bytes: int,
         stop: threading.Event,
+        tally: Tally,
+        beat: Beat = no_beat,
     ) -> None:
         self.queue = queue
         self.routes = routes
@@ -101,18 +104,19 @@ class Worker:
         self.settings = settings
         self.max_key_bytes = max_key_bytes
         self.stop = stop
+        self.beat = beat
         self.wake = threading.Event()
         """Set when jobs were queued, so an idle worker need not wait for its next poll."""
-        self.counts: Counter[Outcome] = Counter()
+        self.tally = tally
         self.in_hand = 0
         self._token = uuid.uuid4().hex
-        self._backoff = Backoff(defaults.RECONNECT_BASE_SECONDS, defaults.RECONNECT_CAP_SECONDS)
-        self._lock = threading.Lock()
+        self._backoff = Backoff.reconnecting(beat)
         self._log = get_logger()
 
     def run(self) -> None:
         """Take and run batches until `stop` is set; the group in hand is always finished."""
         while not self.stop.is_set():
+            self.beat()
             try:
                 jobs, missing = self.queue.take(
                     self.settings.batch_size, self.settings.lease_seconds * 1000, self._token
@@ -130,11 +134,6 @@ class Worker:
                 self._pause("queue.unavailable", exc)
             except Exception as exc:  # a bug or a Redis refusal must not end the worker
                 self._pause("worker.crashed", exc, exc_info=True)
-
-    def tally(self) -> Counter[Outcome]:
-        """The outcomes so far, safe to read while the worker still runs."""
-        with self._lock:
-            return self.counts.copy()
 
     def _pause(self, event: str, exc: Exception, exc_info: bool = False) -> None:
         self._backoff.wait_after(self.stop, self._log, event, describe_error(exc), exc_info)
@@ -241,6 +240,9 @@ class Worker:
             if lease.lost:
                 return
             lease.running, lease.slow_warnings = (name, len(group), time.monotonic()), 0
+            # A group's statements end within the lease (the driver's timeouts); a handler
+            # that runs longer than that is stuck, and the watchdog may restart the daemon.
+            self.beat(self.settings.lease_seconds)
             try:
                 yield self._run_group(self.handlers[name], group)
             finally:
@@ -347,8 +349,7 @@ class Worker:
 
     def _log_line(self, line: dict[str, Any], ruling: Ruling, duration_ms: float) -> None:
         outcome = ruling.result.outcome
-        with self._lock:
-            self.counts[outcome] += 1
+        self.tally.record(line["route"], outcome, line.get("lateness_ms"))
         log = {
             Outcome.DEAD: self._log.error,
             Outcome.RETRY: self._log.warning,

@@ -3,8 +3,9 @@
 A handler takes the expiries of one route that a worker leased together and gives one
 outcome per expiry, in order: a `Result`, or the exception that expiry met. The built-in
 handlers change a whole group in one transaction; calling a handler with one `Expiry`
-runs just that one. The built-in names are `orders.cancel`, `orders.complete` and
-`sql`; any other name of the form `module:function` is imported (see `callables`).
+runs just that one. The built-in names are `orders.cancel`, `orders.complete`, `sql` and
+`redis.stream`; any other name of the form `module:function` is imported (see
+`callables`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import redis
 from sqlalchemy import Engine
 
 from expiryd.config import Config
@@ -30,6 +32,14 @@ class Handler(Protocol):
     def run_many(self, expiries: Sequence[Expiry]) -> list[Outcome]: ...
 
 
+def run_one(handler: Handler, expiry: Expiry) -> Result:
+    """A group handler called with one expiry: its result, or what it met, raised."""
+    (outcome,) = handler.run_many([expiry])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
 def one_by_one(run: Callable[[Expiry], Result], expiries: Sequence[Expiry]) -> list[Outcome]:
     """Each expiry on its own: what one raises is its outcome, not the others'."""
     outcomes: list[Outcome] = []
@@ -41,12 +51,13 @@ def one_by_one(run: Callable[[Expiry], Result], expiries: Sequence[Expiry]) -> l
     return outcomes
 
 
-BUILT_IN = ("orders.cancel", "orders.complete", "sql")
+BUILT_IN = ("orders.cancel", "orders.complete", "sql", "redis.stream")
 
 
-def build_handlers(config: Config, engine: Engine) -> dict[str, Handler]:
-    """One handler per route name, each checked against the database it will use."""
-    from expiryd.handlers import callables, orders, sql
+def build_handlers(config: Config, engine: Engine, client: redis.Redis) -> dict[str, Handler]:
+    """One handler per route name, each checked against the database it will use.
+    `client`: the watched Redis, for `redis.stream`."""
+    from expiryd.handlers import callables, orders, sql, stream
 
     handlers: dict[str, Handler] = {}
     order_table: orders.OrderTable | None = None
@@ -57,6 +68,8 @@ def build_handlers(config: Config, engine: Engine) -> dict[str, Handler]:
                 handlers[route.name] = orders.build(route, order_table)
             elif route.handler == "sql":
                 handlers[route.name] = sql.build(route, engine)
+            elif route.handler == "redis.stream":
+                handlers[route.name] = stream.build(route, client, config.redis.prefix)
             elif ":" in route.handler:
                 handlers[route.name] = callables.build(route)
             else:

@@ -17,7 +17,7 @@ from typing import Any
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
 from expiryd.handlers import Outcome as Ending
-from expiryd.handlers import one_by_one
+from expiryd.handlers import one_by_one, run_one
 from expiryd.outcomes import Outcome, Result
 from expiryd.routes import Route
 
@@ -28,10 +28,7 @@ class CallableHandler:
 
     def __call__(self, expiry: Expiry) -> Result:
         if is_batch(self.function):
-            (ending,) = self.run_many([expiry])
-            if isinstance(ending, BaseException):
-                raise ending
-            return ending
+            return run_one(self, expiry)
         return to_result(self.function(expiry))
 
     def run_many(self, expiries: Sequence[Expiry]) -> list[Ending]:

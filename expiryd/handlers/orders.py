@@ -17,10 +17,10 @@ from sqlalchemy import Column, Connection, Engine, Table, select, update
 
 from expiryd import defaults
 from expiryd.config import OrdersSettings, StatusChange
-from expiryd.db import reflect_table, skips_locked_rows
+from expiryd.database.engine import reflect_table, skips_locked_rows
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
-from expiryd.handlers import Outcome, one_by_one
+from expiryd.handlers import Outcome, one_by_one, run_one
 from expiryd.outcomes import Outcome as Kind
 from expiryd.outcomes import Result
 from expiryd.retries import Busy
@@ -73,10 +73,7 @@ class OrderTransition:
     """The server can skip rows other transactions hold (MariaDB >= 10.6, MySQL >= 8.0)."""
 
     def __call__(self, expiry: Expiry) -> Result:
-        (outcome,) = self.run_many([expiry])
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
+        return run_one(self, expiry)
 
     def run_many(self, expiries: Sequence[Expiry]) -> list[Outcome]:
         numbers = [coerce(e.fields[defaults.ORDER_FIELD], self.key_type) for e in expiries]

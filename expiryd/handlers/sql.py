@@ -13,7 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
-from expiryd.handlers import Outcome, one_by_one
+from expiryd.handlers import Outcome, one_by_one, run_one
 from expiryd.outcomes import Result
 from expiryd.routes import Route
 
@@ -25,7 +25,7 @@ class SqlStatement:
     params: tuple[str, ...]
 
     def __call__(self, expiry: Expiry) -> Result:
-        return self.run_many([expiry])[0]  # type: ignore[return-value]
+        return run_one(self, expiry)
 
     def run_many(self, expiries: Sequence[Expiry]) -> list[Outcome]:
         try:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -41,9 +41,11 @@ def start_daemon(
         wait: bool = True,
         redis: str = "",
         env: dict[str, str] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> DaemonProcess:
         config = write_config(tmp_path / "expiryd.toml", redis_db.url(), database_url, body, redis)
-        daemon = DaemonProcess(config, args, env={"PYTHONPATH": str(REPO), **(env or {})})
+        env = {"PYTHONPATH": str(REPO), **(env or {})}
+        daemon = DaemonProcess(config, args, env=env, wrapper=wrapper)
         started.append(daemon)
         if wait:
             daemon.wait_subscribed()

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from expiryd.keyspace import Keyspace
+from expiryd.redis.keyspace import Keyspace
 from tests.support.servers import RedisServer
 
 KEYSPACE = Keyspace("expiryd:", 15)

@@ -4,10 +4,11 @@ import tomllib
 from collections.abc import Callable
 
 import pytest
+import redis
 from sqlalchemy.exc import DBAPIError
 
 from expiryd import config
-from expiryd.db import make_engine
+from expiryd.database.engine import make_engine
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
 from expiryd.handlers import Handler, build_handlers
@@ -20,7 +21,8 @@ Run = Callable[[str], Result]
 
 def handlers_for(url: str, toml: str) -> tuple[config.Config, dict[str, Handler]]:
     loaded = config.parse(tomllib.loads(toml), "shop.toml", {"EXPIRYD_DATABASE_URL": url})
-    return loaded, build_handlers(loaded, make_engine(loaded.database))
+    # No route here writes to Redis: the client is never connected.
+    return loaded, build_handlers(loaded, make_engine(loaded.database), redis.Redis())
 
 
 def runner(url: str, toml: str = ORDER_ROUTES) -> Run:

@@ -8,8 +8,8 @@ import pytest
 import redis
 
 from expiryd.expiry import Source
-from expiryd.ledger import Ledger, Op, Step
-from expiryd.queue import Job
+from expiryd.redis.ledger import Ledger, Op, Step
+from expiryd.redis.queue import Job
 from tests.integration.conftest import KEYSPACE
 
 

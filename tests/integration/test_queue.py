@@ -7,8 +7,8 @@ import time
 import pytest
 import redis
 
-from expiryd.ledger import Ledger, Op, Step
-from expiryd.queue import Job, JobQueue, Settlement
+from expiryd.redis.ledger import Ledger, Op, Step
+from expiryd.redis.queue import Job, JobQueue, Settlement
 from tests.integration.conftest import KEYSPACE
 
 

@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from expiryd import defaults
-from expiryd.ledger import Ledger
-from expiryd.queue import JobQueue
-from expiryd.sweeper import Sweeper
+from expiryd.redis.ledger import Ledger
+from expiryd.redis.queue import JobQueue
+from expiryd.redis.sweeper import Sweeper
 from tests.integration.conftest import KEYSPACE
 
 DUE = 2 * defaults.SWEEP_LIMIT + 10

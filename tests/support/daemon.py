@@ -65,14 +65,19 @@ class DaemonProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         command: str = "run",
+        wrapper: Sequence[str] = (),
     ) -> None:
+        """`wrapper`: a command that runs expiryd's, such as tests.support.confine."""
         self.config = config
         config_args = ["--config", str(config)] if config else []
         self.lines: list[Line] = []
         self.raw: list[str] = []
         self.errors: list[str] = []
         self.process = subprocess.Popen(
-            expiryd_command(command, *config_args, "--log-format", "json", *extra_args),
+            [
+                *wrapper,
+                *expiryd_command(command, *config_args, "--log-format", "json", *extra_args),
+            ],
             cwd=cwd or (config.parent if config else None),
             env=_environ(env),
             stdout=subprocess.PIPE,

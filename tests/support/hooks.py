@@ -112,3 +112,12 @@ def record_span(expiry: Expiry) -> None:
     span = {"key": expiry.key, "id": expiry.id, "began": began, "ended": time.time()}
     with open(os.environ["HOOK_OUT"], "a") as out:
         out.write(json.dumps({**span, "pid": os.getpid()}) + "\n")
+
+
+def hang_until_released(expiry: Expiry) -> None:
+    """Does not return until the file $HOOK_RELEASE exists (a minute at most): a handler
+    stuck on something that never answers."""
+    release = os.environ["HOOK_RELEASE"]
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -3,7 +3,7 @@ daemon: its next step raises SystemExit, which no loop of expiryd's catches. For
 that a thread which ends takes the daemon down with it (and a non-zero exit)."""
 
 from expiryd.expiry import Expiry
-from expiryd.sweeper import Sweeper
+from expiryd.redis.sweeper import Sweeper
 
 
 def _broken_step(self: Sweeper) -> tuple[bool, int | None]:

@@ -9,9 +9,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pymysql
 import redis
+
+if TYPE_CHECKING:
+    from tests.support.certs import Certs
 
 
 def free_port() -> int:
@@ -40,25 +44,51 @@ def require(binary: str) -> str:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, notify_flags: str = "Egx") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        notify_flags: str = "Egx",
+        config_file: Path | None = None,
+        tls: Certs | None = None,
+    ) -> None:
+        """`config_file`: a redis.conf to start from; the arguments below override it.
+        `tls`: serve TLS only, with this certificate."""
         self.workdir = workdir
         self.port = free_port()
         self.notify_flags = notify_flags
+        self.config_file = config_file
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
     def url(self, db: int = 15) -> str:
+        if self.tls:
+            return f"rediss://127.0.0.1:{self.port}/{db}?ssl_ca_certs={self.tls.ca}"
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def client(self, db: int = 15) -> redis.Redis:
+        if self.tls:
+            return redis.Redis(
+                host="127.0.0.1", port=self.port, db=db, ssl=True, ssl_ca_certs=str(self.tls.ca)
+            )
         return redis.Redis(host="127.0.0.1", port=self.port, db=db)
 
+    def _listen_args(self) -> list[str]:
+        if not self.tls:
+            return ["--port", str(self.port)]
+        return [
+            *("--port", "0", "--tls-port", str(self.port)),
+            *("--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)),
+            *("--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"),
+        ]
+
     def start(self) -> None:
+        config = [str(self.config_file)] if self.config_file else []
         self.process = subprocess.Popen(
             [
                 require("redis-server"),
-                "--port",
-                str(self.port),
+                *config,
+                *self._listen_args(),
                 "--bind",
                 "127.0.0.1",
                 "--dir",
@@ -92,7 +122,9 @@ class MariaDB:
 
     password = "s3cret-pw"
 
-    def __init__(self, workdir: Path, buffer_pool: str = "64M") -> None:
+    def __init__(self, workdir: Path, buffer_pool: str = "64M", tls: Certs | None = None) -> None:
+        """`tls`: offer TLS with this certificate (plain connections stay possible)."""
+        self.tls = tls
         self.workdir = workdir
         self.buffer_pool = buffer_pool
         self.port = free_port()
@@ -140,6 +172,7 @@ class MariaDB:
                 f"--innodb-buffer-pool-size={self.buffer_pool}",
                 "--innodb-flush-log-at-trx-commit=2",
                 f"--log-error={self.workdir / 'error.log'}",
+                *self._tls_args(),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -147,6 +180,15 @@ class MariaDB:
         wait_until(self._answers, 30, "mariadbd")
         if first:
             self._create_user()
+
+    def _tls_args(self) -> list[str]:
+        if not self.tls:
+            return []
+        return [
+            f"--ssl-ca={self.tls.ca}",
+            f"--ssl-cert={self.tls.cert}",
+            f"--ssl-key={self.tls.key}",
+        ]
 
     def _answers(self) -> bool:
         # Knock first: a failed PyMySQL connect leaves its socket to the garbage collector.

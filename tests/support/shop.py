@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, create_engine, text
 
 from expiryd.config import OrdersSettings
-from expiryd.sample import create_sample_table
+from expiryd.database.sample import create_sample_table
 
 ORDER_ROUTES = """
 [[routes]]

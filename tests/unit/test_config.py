@@ -146,3 +146,9 @@ def test_systemd_credentials_give_the_urls_and_the_environment_wins(tmp_path: Pa
     assert loaded.redis.url == "redis://:from-credential@h:1/3"
     assert loaded.database.url == "sqlite:///env"
     assert parse("", {"CREDENTIALS_DIRECTORY": str(tmp_path / "none")}).redis.url.endswith("/15")
+
+
+def test_an_empty_credential_file_leaves_the_url_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "redis_url").write_text("\n")
+    loaded = parse('[redis]\nurl = "redis://file:1/2"\n', {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert loaded.redis.url == "redis://file:1/2"

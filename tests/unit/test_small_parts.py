@@ -2,15 +2,15 @@ import msgpack
 import pytest
 
 from expiryd.backoff import backoff_delay
-from expiryd.connections import missing_flags
 from expiryd.durations import parse_duration
 from expiryd.expiry import Source
 from expiryd.handlers.callables import to_result
 from expiryd.handlers.orders import coerce
 from expiryd.logs import display_key
 from expiryd.outcomes import Outcome, Result
-from expiryd.queue import Job
 from expiryd.redact import redact_url, url_passwords
+from expiryd.redis.connections import missing_flags
+from expiryd.redis.queue import Job
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,12 @@ class Keyspace:
         return f"{self.prefix}job:{job_id}"
 
     @property
+    def daemons(self) -> str:
+        """HASH: daemon id -> its last heartbeat (JSON), which says until when it counts
+        as alive (see `registry`)."""
+        return f"{self.prefix}daemons"
+
+    @property
     def sweep_channel(self) -> str:
         """Pub/sub channel of the sweep markers (see `ledger`)."""
         return f"{self.prefix}sweep@{self.db}"

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 from expiryd import defaults
 from expiryd.backoff import Backoff
-from expiryd.connections import CONNECTION_ERRORS, RedisTarget, ensure_notifications
 from expiryd.errors import ServiceError
-from expiryd.keyspace import Keyspace
+from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, get_logger
+from expiryd.redis.connections import CONNECTION_ERRORS, RedisTarget, ensure_notifications
+from expiryd.redis.keyspace import Keyspace
 
 _KEEPALIVE = {
     option: value
@@ -62,8 +63,10 @@ class Listener:
         on_subscribed: Callable[[], None],
         stop: threading.Event,
         configure_redis: bool = False,
+        beat: Beat = no_beat,
     ) -> None:
         self.target = target
+        self.beat = beat
         self.on_event = on_event
         self.on_subscribed = on_subscribed
         self.stop = stop
@@ -78,7 +81,7 @@ class Listener:
         }
         self._kinds[keyspace.sweep_channel.encode()] = Kind.MARKER
         self._confirmed = 0
-        self._backoff = Backoff(defaults.RECONNECT_BASE_SECONDS, defaults.RECONNECT_CAP_SECONDS)
+        self._backoff = Backoff.reconnecting(beat)
         self._log = get_logger(db=target.db)
 
     def run(self) -> None:
@@ -104,6 +107,7 @@ class Listener:
             ensure_notifications(self.target, client, self.configure_redis)
             pubsub.subscribe(*self._kinds)
             while not self.stop.is_set():
+                self.beat()
                 # The raw reply, without get_message's per-message dict and bookkeeping:
                 # this loop runs once per event, hundreds of thousands of times a second.
                 self._receive(pubsub.parse_response(block=False, timeout=1.0))

@@ -17,10 +17,10 @@ from typing import Any
 import msgpack
 import redis
 
-from expiryd import lua
 from expiryd.expiry import Source
-from expiryd.keyspace import Keyspace
-from expiryd.upgrade import upgrade_jobs
+from expiryd.redis import lua
+from expiryd.redis.keyspace import Keyspace
+from expiryd.redis.upgrade import upgrade_jobs
 
 CHUNK = 1000
 """Jobs per command or script when acting on many, so Redis never blocks for long."""

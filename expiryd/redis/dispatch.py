@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from expiryd import defaults
-from expiryd.keyspace import Keyspace
-from expiryd.ledger import Applied, Ledger, Op, Step
-from expiryd.listener import Event, Kind
 from expiryd.logs import display_key, get_logger
+from expiryd.redis.keyspace import Keyspace
+from expiryd.redis.ledger import Applied, Ledger, Op, Step
+from expiryd.redis.listener import Event, Kind
 
 STEPS = {
     Kind.EXPIRED: Op.CLAIM,

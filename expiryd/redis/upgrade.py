@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import msgpack
 import redis
 
-from expiryd.keyspace import Keyspace
+from expiryd.redis.keyspace import Keyspace
 
 LAYOUT = "2"
 """Jobs are fields of the jobs HASH (see `lua/jobs.lua`)."""

@@ -8,18 +8,18 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, text
 
 from expiryd.config import Config
-from expiryd.connections import (
+from expiryd.database.engine import describe_target, make_engine
+from expiryd.errors import UserError
+from expiryd.handlers import build_handlers
+from expiryd.logs import describe_error
+from expiryd.redis.connections import (
     CONNECTION_ERRORS,
     RedisTarget,
     ensure_notifications,
     eviction_problem,
 )
-from expiryd.db import describe_target, make_engine
-from expiryd.errors import UserError
-from expiryd.handlers import build_handlers
-from expiryd.keyspace import Keyspace
-from expiryd.logs import describe_error
-from expiryd.queue import JobQueue
+from expiryd.redis.keyspace import Keyspace
+from expiryd.redis.queue import JobQueue
 
 
 @dataclass(frozen=True)
@@ -81,5 +81,5 @@ def _check_database(engine: Engine) -> str:
 
 
 def _check_handlers(config: Config, engine: Engine) -> str:
-    handlers = build_handlers(config, engine)
+    handlers = build_handlers(config, engine, RedisTarget.from_url(config.redis.url).client())
     return f"{len(handlers)} handlers ready, tables and columns present"

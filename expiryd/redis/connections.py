@@ -44,14 +44,13 @@ class RedisTarget:
     def client(self, **options: Any) -> redis.Redis:
         """A client that raises on a lost connection instead of reconnecting silently, so
         the caller always knows when it was cut off."""
-        return redis.Redis.from_url(
-            self.url,
-            socket_connect_timeout=5,
-            socket_timeout=10,
-            socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
-            **options,
-        )
+        settings: dict[str, Any] = {
+            "socket_connect_timeout": 5,
+            "socket_timeout": 10,
+            "socket_keepalive": True,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        return redis.Redis.from_url(self.url, **(settings | options))
 
     def cli_command(self, *words: str) -> str:
         where = f"-h {self.host} -p {self.port}" if self.port else ""

@@ -11,7 +11,8 @@
 `expiryd work` runs the workers alone, to drain the same queue from more processes.
 
 If any of these threads ends while the daemon is meant to be running, the daemon logs it
-and exits non-zero, so that its supervisor starts it again.
+and exits non-zero, so that its supervisor starts it again. A pulse thread tells systemd
+when the daemon is ready, and feeds its watchdog only while every loop keeps moving.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import signal
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from types import FrameType
 
@@ -30,18 +30,31 @@ import redis
 from expiryd import __version__, defaults
 from expiryd.backoff import Backoff
 from expiryd.config import Config
-from expiryd.connections import CONNECTION_ERRORS, RedisTarget, ensure_notifications, warn_eviction
-from expiryd.db import make_engine
-from expiryd.dispatch import Dispatcher
+from expiryd.config import load as load_config
+from expiryd.database.engine import make_engine
 from expiryd.handlers import build_handlers
-from expiryd.keyspace import Keyspace
-from expiryd.ledger import Ledger
-from expiryd.listener import Event, Listener
+from expiryd.liveness import Loops
 from expiryd.logs import describe_error, get_logger
 from expiryd.outcomes import Outcome
-from expiryd.queue import JobQueue
 from expiryd.redact import redact_url
-from expiryd.sweeper import Sweeper
+from expiryd.redis.connections import (
+    CONNECTION_ERRORS,
+    RedisTarget,
+    ensure_notifications,
+    warn_eviction,
+)
+from expiryd.redis.dispatch import Dispatcher
+from expiryd.redis.keyspace import Keyspace
+from expiryd.redis.ledger import Ledger
+from expiryd.redis.listener import Event, Listener
+from expiryd.redis.queue import JobQueue
+from expiryd.redis.sweeper import Sweeper
+from expiryd.service import reload
+from expiryd.service.metrics import Metrics
+from expiryd.service.notify import Notifier
+from expiryd.service.pulse import Pulse
+from expiryd.service.report import Reporter
+from expiryd.tally import Tally
 from expiryd.worker import Worker
 
 EXIT_THREAD_DIED = 70
@@ -58,11 +71,14 @@ class Daemon:
         # A statement ends before the lease it runs under can lapse.
         io_timeout = config.worker.lease_seconds * defaults.STATEMENT_SHARE_OF_LEASE
         self.engine = make_engine(config.database, io_timeout, config.worker.concurrency)
-        handlers = build_handlers(config, self.engine)
+        self.redis = self.target.client()
+        handlers = build_handlers(config, self.engine, self.redis)
         self.stop = threading.Event()
         self.stop_taking = threading.Event()
         self.inbox: queue.Queue[Event] = queue.Queue(maxsize=defaults.INBOX_EVENTS)
-        self.redis = self.target.client()
+        self.notifier = Notifier.from_environ()
+        self.loops = Loops(self.notifier.watchdog_seconds or defaults.STALL_SECONDS)
+        self.tally = Tally()
         ledger = Ledger(
             self.redis, keyspace, config.redis.capture_values, config.redis.max_value_bytes
         )
@@ -70,11 +86,26 @@ class Daemon:
         marker_prefix = f"{uuid.uuid4().hex}:"
         max_key_bytes = config.redis.max_key_bytes
         self.workers = [
-            Worker(jobs, config.routes, handlers, config.worker, max_key_bytes, self.stop_taking)
-            for _ in range(config.worker.concurrency)
+            Worker(
+                jobs,
+                config.routes,
+                handlers,
+                config.worker,
+                max_key_bytes,
+                self.stop_taking,
+                self.tally,
+                self.loops.beat_for(f"worker-{n}"),
+            )
+            for n in range(1, config.worker.concurrency + 1)
         ]
         self.listener = Listener(
-            self.target, keyspace, self._hear, self._resubscribed, self.stop, configure_redis
+            self.target,
+            keyspace,
+            self._hear,
+            self._resubscribed,
+            self.stop,
+            configure_redis,
+            self.loops.beat_for("listener"),
         )
         self.dispatcher = Dispatcher(
             ledger,
@@ -92,10 +123,33 @@ class Daemon:
             self.dispatcher.wait_for_marker,
             self.stop,
             max_key_bytes,
+            self.loops.beat_for("sweeper"),
         )
+        self.metrics = Metrics([r.name for r in config.routes]) if config.metrics.listen else None
+        if self.metrics is not None:
+            self.tally.watchers.append(self.metrics.observe)
+        self.reporter = Reporter(
+            # Its own connection, quick to give up: a hung Redis must not hold up the pulse.
+            self.target.client(socket_connect_timeout=1, socket_timeout=1),
+            keyspace,
+            self.notifier,
+            self.tally,
+            self.loops,
+            self.listener.subscribed if listen else None,
+            self.metrics,
+        )
+        self._pulse_stop = threading.Event()
+        self.pulse = Pulse(
+            self.notifier, self.loops, self._ready, self.reporter.report, self._pulse_stop
+        )
+        self._beat = self.loops.beat_for("dispatcher")
+        self._reload = threading.Event()
+        self.restart = False
+        """Set when a SIGHUP asked for a restart on a new config: the caller executes
+        expiryd again once `run` returns."""
         self._signal: str | None = None
         self._died: str | None = None
-        self._backoff = Backoff(defaults.RECONNECT_BASE_SECONDS, defaults.RECONNECT_CAP_SECONDS)
+        self._backoff = Backoff.reconnecting(self._beat)
         self._log = get_logger()
 
     def run(self) -> int:
@@ -112,6 +166,14 @@ class Daemon:
             capture_values=self.config.redis.capture_values,
             concurrency=len(self.workers),
         )
+        if self.notifier.unsupported:
+            self._log.warning(
+                "systemd.unsupported",
+                notify_socket=self.notifier.unsupported,
+                error="only a path or an @abstract name can be notified",
+            )
+        self._serve_metrics()
+        pulse = self._start("pulse", self.pulse.run)
         self._upgrade_queue()
         threads = []
         if self.listen:
@@ -121,13 +183,35 @@ class Daemon:
             ]
         workers = [self._start(f"worker-{n}", w.run) for n, w in enumerate(self.workers, 1)]
         while not self.stop.is_set():
+            self._beat()
+            if self._reload.is_set():
+                self._reload.clear()
+                self._consider_reload()
             if self.listen:
                 self._dispatch(timeout=0.5, pause=self._wait_after_failure)
             else:
                 self.stop.wait(0.5)
         self.stop_taking.set()
+        self.loops.forget("dispatcher")
         self._log.info("expiryd.stopping", signal=self._signal, in_hand=self._in_hand())
-        return self._shut_down(threads, workers)
+        grace = self.config.worker.grace_seconds
+        self.notifier.send(
+            **(
+                {"RELOADING": 1, "MONOTONIC_USEC": time.monotonic_ns() // 1000}
+                if self.restart
+                else {"STOPPING": 1}
+            ),
+            STATUS=f"stopping: finishing {self._in_hand()} expiries in hand",
+            EXTEND_TIMEOUT_USEC=int((grace + defaults.STOP_MARGIN_SECONDS) * 1_000_000),
+        )
+        try:
+            return self._shut_down(threads, workers)
+        finally:
+            self._pulse_stop.set()
+            pulse.join(timeout=1)
+            self.reporter.report(stopping=True)
+            if self.metrics is not None:
+                self.metrics.close()
 
     def _shut_down(self, threads: list[threading.Thread], workers: list[threading.Thread]) -> int:
         """Everything within one deadline, `grace_seconds` from now: the batches in hand,
@@ -143,7 +227,7 @@ class Daemon:
             w.in_hand for w, t in zip(self.workers, workers, strict=True) if t.is_alive()
         )
         self.engine.dispose()
-        counts: Counter[Outcome] = sum((w.tally() for w in self.workers), Counter())
+        counts = self.tally.by_outcome()
         self._log.info(
             "expiryd.stopped",
             unfinished=unfinished,
@@ -167,6 +251,40 @@ class Daemon:
             self._backoff.reset()
             return
 
+    def _consider_reload(self) -> None:
+        """SIGHUP: restart in place on the config as it is now, if it changed and is sound."""
+        path = None if self.config.source == "(defaults)" else self.config.source
+        verdict = reload.judge(self.config, lambda: load_config(path), self._check_handlers)
+        log = self._log.info if verdict.restart or not verdict.fields else self._log.error
+        log(verdict.event, **verdict.fields)
+        if verdict.restart:
+            self.restart = True
+            self._signal = "SIGHUP"
+            self.stop_taking.set()
+            self.stop.set()
+
+    def _check_handlers(self, config: Config) -> None:
+        io_timeout = config.worker.lease_seconds * defaults.STATEMENT_SHARE_OF_LEASE
+        engine = make_engine(config.database, io_timeout, config.worker.concurrency)
+        try:
+            build_handlers(config, engine, self.redis)
+        finally:
+            engine.dispose()
+
+    def _serve_metrics(self) -> None:
+        listen = self.config.metrics.listen
+        if self.metrics is None or listen is None:
+            return
+        self.metrics.serve(*listen)
+        host, port = listen
+        self._log.info("metrics.serving", url=f"http://{host}:{port}/metrics")
+
+    def _ready(self) -> bool:
+        """Subscribed, and the ledger brought up to date once (a `work` daemon: at once)."""
+        if not self.listen:
+            return True
+        return self.listener.subscribed.is_set() and self.sweeper.synced.is_set()
+
     def _in_hand(self) -> int:
         return sum(worker.in_hand for worker in self.workers)
 
@@ -186,6 +304,7 @@ class Daemon:
         except BaseException as exc:  # any way a thread ends is reported
             self._thread_ended(name, describe_error(exc), exc_info=True)
         else:
+            self.loops.forget(name)
             stopping = self.stop_taking if name.startswith("worker") else self.stop
             if not stopping.is_set():
                 self._thread_ended(name, "returned while the daemon was running")
@@ -209,6 +328,8 @@ class Daemon:
 
     def _resubscribed(self) -> None:
         self.sweeper.request_resync()
+        if self.metrics is not None and self.listener.subscriptions > 1:
+            self.metrics.reconnects.inc()
 
     def _dispatch(self, timeout: float, pause: Callable[[], None]) -> bool:
         """Apply what is pending, taking more from the inbox first; False when there was
@@ -240,7 +361,7 @@ class Daemon:
         pause()
 
     def _wait_after_failure(self) -> None:
-        self.stop.wait(self._backoff.next_delay())
+        self._backoff.wait(self.stop)
 
     def _take(self, timeout: float) -> list[Event]:
         try:
@@ -272,6 +393,7 @@ class Daemon:
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self._reload.set())
 
 
 def _left(deadline: float) -> float:

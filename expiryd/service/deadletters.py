@@ -8,11 +8,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from expiryd.config import Config
-from expiryd.connections import CONNECTION_ERRORS, RedisTarget
 from expiryd.errors import ServiceError
-from expiryd.keyspace import Keyspace
 from expiryd.logs import describe_error, display_key, escape_text
-from expiryd.queue import Job, JobQueue
+from expiryd.redis.connections import CONNECTION_ERRORS, RedisTarget
+from expiryd.redis.keyspace import Keyspace
+from expiryd.redis.queue import Job, JobQueue
 
 
 @contextmanager

@@ -17,10 +17,11 @@ from collections.abc import Callable
 
 from expiryd import defaults
 from expiryd.backoff import Backoff
-from expiryd.connections import CONNECTION_ERRORS
-from expiryd.ledger import Ledger
+from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, get_logger
-from expiryd.queue import MISSING, JobQueue
+from expiryd.redis.connections import CONNECTION_ERRORS
+from expiryd.redis.ledger import Ledger
+from expiryd.redis.queue import MISSING, JobQueue
 
 
 class Sweeper:
@@ -33,6 +34,7 @@ class Sweeper:
         marker_heard: Callable[[int, float], bool],
         stop: threading.Event,
         max_key_bytes: int,
+        beat: Beat = no_beat,
     ) -> None:
         self.ledger = ledger
         self.queue = queue
@@ -41,8 +43,11 @@ class Sweeper:
         self.marker_heard = marker_heard
         self.stop = stop
         self.max_key_bytes = max_key_bytes
+        self.beat = beat
+        self.synced = threading.Event()
+        """Set once the ledger was first brought up to date."""
         self._resync = threading.Event()
-        self._backoff = Backoff(defaults.RECONNECT_BASE_SECONDS, defaults.RECONNECT_CAP_SECONDS)
+        self._backoff = Backoff.reconnecting(beat)
         self._log = get_logger()
 
     def request_resync(self) -> None:
@@ -51,6 +56,7 @@ class Sweeper:
 
     def run(self) -> None:
         while not self.stop.is_set():
+            self.beat()
             # Sweeping only while subscribed keeps a nudge's event from going unheard.
             if not self.subscribed.wait(0.1):
                 continue
@@ -73,6 +79,7 @@ class Sweeper:
         or a while passed (a listener failing to apply events: sweep again regardless)."""
         deadline = time.monotonic() + defaults.MARKER_WAIT_SECONDS
         while not self.stop.is_set() and self.subscribed.is_set():
+            self.beat()
             if self.marker_heard(marker_ms, 0.1) or time.monotonic() >= deadline:
                 return
 
@@ -93,12 +100,13 @@ class Sweeper:
     def _scan(self) -> None:
         started = time.perf_counter()
         try:
-            recorded = self.ledger.scan(self.max_key_bytes)
+            recorded = self.ledger.scan(self.max_key_bytes, self.beat)
         except Exception:
             self._resync.set()
             raise
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         self._log.info("ledger.synced", keys_with_ttl=recorded, duration_ms=duration_ms)
+        self.synced.set()
 
     def _back_off(self, event: str, exc: Exception, exc_info: bool = False) -> None:
         self._backoff.wait_after(self.stop, self._log, event, describe_error(exc), exc_info)

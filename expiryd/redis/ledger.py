@@ -3,7 +3,7 @@ expiry sampling or a pub/sub connection, decides when an expiry is due and wheth
 was seen.
 
 An expiry's identity is its incarnation: the key and the deadline it had. How the pieces
-fit (the scripts are in `expiryd/lua/`):
+fit (the scripts are in `expiryd/redis/lua/`):
 - `apply` takes a window of keyspace events in the order Redis published them. A key
   that got a TTL is recorded (deadline and, with capture_values, value); a key that left
   without expiring (del, persist, rename, move) is forgotten, wherever it stood; an
@@ -27,8 +27,10 @@ from dataclasses import dataclass
 
 import redis
 
-from expiryd import defaults, lua
-from expiryd.keyspace import Keyspace
+from expiryd import defaults
+from expiryd.liveness import Beat, no_beat
+from expiryd.redis import lua
+from expiryd.redis.keyspace import Keyspace
 
 
 class Op(enum.StrEnum):
@@ -134,10 +136,13 @@ class Ledger:
         )
         return SweepResult(int(due), int(gone), int(marker) or None)
 
-    def scan(self, max_key_bytes: int, count: int = defaults.SCAN_COUNT) -> int:
+    def scan(
+        self, max_key_bytes: int, beat: Beat = no_beat, count: int = defaults.SCAN_COUNT
+    ) -> int:
         """Record every key of the watched DB that has a TTL; the number recorded."""
         recorded = 0
         for batch in _batches(self.client.scan_iter(count=count), count):
+            beat()
             keys = [k for k in batch if not self.keyspace.owns(k) and len(k) <= max_key_bytes]
             recorded += self.record(keys)
         return recorded

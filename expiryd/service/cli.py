@@ -16,6 +16,7 @@ EXAMPLES = {
     "run": "expiryd run --config /etc/expiryd/expiryd.toml",
     "work": "expiryd work --config /etc/expiryd/expiryd.toml   (beside at least one run)",
     "check": "expiryd check --config /etc/expiryd/expiryd.toml",
+    "status": "expiryd status --config /etc/expiryd/expiryd.toml   (or --json)",
     "schedule": "expiryd schedule order:cancel:SN123 --in 30m",
     "init-db": "expiryd init-db --config expiryd.toml",
     "dead": "expiryd dead list",
@@ -45,23 +46,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from expiryd.daemon import Daemon
+    from expiryd.service.daemon import Daemon
 
     settings = config.load(args.config)
     logs.configure(args.log_format, args.log_level)
-    return Daemon(settings, configure_redis=args.configure_redis).run()
+    daemon = Daemon(settings, configure_redis=args.configure_redis)
+    code = daemon.run()
+    if daemon.restart:
+        _execute_again()
+    return code
 
 
 def _work(args: argparse.Namespace) -> int:
-    from expiryd.daemon import Daemon
+    from expiryd.service.daemon import Daemon
 
     settings = config.load(args.config)
     logs.configure(args.log_format, args.log_level)
-    return Daemon(settings, listen=False).run()
+    daemon = Daemon(settings, listen=False)
+    code = daemon.run()
+    if daemon.restart:
+        _execute_again()
+    return code
+
+
+def _execute_again() -> None:
+    """The same command line in the same process (a SIGHUP reload): the same pid, so
+    systemd and any other supervisor keep following it."""
+    sys.stdout.flush()
+    os.execv(sys.executable, sys.orig_argv)
 
 
 def _check(args: argparse.Namespace) -> int:
-    from expiryd.checks import run_checks
+    from expiryd.service.checks import run_checks
 
     failed = False
     for result in run_checks(config.load(args.config)):
@@ -70,9 +86,32 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from expiryd.redis.connections import CONNECTION_ERRORS, RedisTarget
+    from expiryd.redis.keyspace import Keyspace
+    from expiryd.service.status import gather, render
+
+    settings = config.load(args.config)
+    target = RedisTarget.from_url(settings.redis.url)
+    client = target.client()
+    try:
+        report = gather(client, Keyspace(settings.redis.prefix, target.db))
+    except CONNECTION_ERRORS as exc:
+        raise ServiceError(f"Redis at {target.safe_url}: {logs.describe_error(exc)}") from None
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps(report.as_json()))
+    else:
+        print("\n".join(render(report)))
+    return 0 if report.healthy else 1
+
+
 def _schedule(args: argparse.Namespace) -> int:
-    from expiryd.connections import CONNECTION_ERRORS, RedisTarget
     from expiryd.durations import parse_duration
+    from expiryd.redis.connections import CONNECTION_ERRORS, RedisTarget
 
     try:
         seconds = parse_duration(args.delay)
@@ -91,8 +130,8 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def _init_db(args: argparse.Namespace) -> int:
-    from expiryd.db import describe_target, make_engine
-    from expiryd.sample import create_sample_table
+    from expiryd.database.engine import describe_target, make_engine
+    from expiryd.database.sample import create_sample_table
 
     settings = config.load(args.config)
     engine = make_engine(settings.database)
@@ -119,7 +158,7 @@ def _config_option(default: object) -> argparse.ArgumentParser:
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
-    from expiryd import deadletters
+    from expiryd.service import deadletters
 
     settings = config.load(args.config)
     with deadletters.open_queue(settings) as queue:
@@ -180,6 +219,15 @@ def _parser() -> argparse.ArgumentParser:
         common,
         "Check the config, Redis, its notification flags, the database and its tables.",
     )
+
+    status = _command(
+        commands,
+        "status",
+        _status,
+        common,
+        "The daemons, the ledger and the queue on one screen; exit 0 if a daemon listens.",
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
 
     schedule = _command(
         commands,

@@ -1,0 +1,1 @@
+"""The database side: the engine that handlers run their statements on."""

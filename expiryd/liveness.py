@@ -1,0 +1,50 @@
+"""Whether the daemon's loops are still moving.
+
+Each loop that must keep going (listener, sweeper, dispatcher, workers) calls its `beat`
+once a turn. A loop about to wait on purpose (a backoff, a handler group) says for how
+long it may be quiet. systemd's watchdog is fed only while no loop is overdue, so a
+daemon with one stuck thread is restarted rather than left running half-alive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+
+class Beat(Protocol):
+    def __call__(self, quiet_for: float = 0.0) -> None: ...
+
+
+def no_beat(quiet_for: float = 0.0) -> None:
+    """The beat of a loop that nobody watches (tests, one-off commands)."""
+
+
+class Loops:
+    """The loops being watched and when each is next due to beat."""
+
+    def __init__(self, allowance: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.allowance = allowance
+        """How long a loop may go between beats before it counts as stuck."""
+        self._clock = clock
+        # Written by each loop without a lock (one dict item, atomic under the GIL): the
+        # listener beats once per event.
+        self._due: dict[str, float] = {}
+
+    def beat_for(self, name: str) -> Beat:
+        """The `beat` of loop `name`, which is watched from its first beat on."""
+
+        def beat(quiet_for: float = 0.0) -> None:
+            self._due[name] = self._clock() + self.allowance + quiet_for
+
+        return beat
+
+    def forget(self, name: str) -> None:
+        """A loop that ended on purpose is no longer waited for."""
+        self._due.pop(name, None)
+
+    def overdue(self) -> dict[str, float]:
+        """Each loop past its due time, with how many seconds past."""
+        now = self._clock()
+        return {name: now - due for name, due in list(self._due.items()) if due < now}

@@ -1,0 +1,70 @@
+"""The daemon's pulse: a thread that tells systemd, once the daemon is ready, that it is
+(READY=1), and that it is still alive while all its loops keep moving (WATCHDOG=1); and
+every few seconds has the daemon report how it is doing (systemd's STATUS=, the heartbeat
+that `expiryd status` reads). A loop that stops moving is logged as `loop.stalled`, with
+or without systemd; under systemd's watchdog the daemon is then restarted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from expiryd import defaults
+from expiryd.liveness import Loops
+from expiryd.logs import get_logger
+from expiryd.service.notify import Notifier
+
+TICK_SECONDS = 0.25
+
+
+class Pulse:
+    def __init__(
+        self,
+        notifier: Notifier,
+        loops: Loops,
+        ready: Callable[[], bool],
+        report: Callable[[], None],
+        stop: threading.Event,
+    ) -> None:
+        self.notifier = notifier
+        self.loops = loops
+        self.ready = ready
+        self.report = report
+        self.stop = stop
+        self._stalled: set[str] = set()
+        self._log = get_logger()
+
+    def run(self) -> None:
+        announced = False
+        next_pet = next_report = 0.0
+        while not self.stop.wait(TICK_SECONDS):
+            if not announced and self.ready():
+                self.notifier.send(READY=1)
+                announced = True
+                self._log.info("expiryd.ready", notified=self.notifier.address is not None)
+                next_report = 0.0
+            alive = self._check_loops()
+            watchdog = self.notifier.watchdog_seconds
+            if watchdog and alive and time.monotonic() >= next_pet:
+                self.notifier.send(WATCHDOG=1)
+                next_pet = time.monotonic() + watchdog / 2
+            if time.monotonic() >= next_report:
+                self.report()
+                next_report = time.monotonic() + defaults.STATUS_SECONDS
+
+    def _check_loops(self) -> bool:
+        """Whether every loop is moving; each one that stalled is logged once a stall."""
+        overdue = self.loops.overdue()
+        for name in overdue.keys() - self._stalled:
+            self._log.error(
+                "loop.stalled",
+                thread=name,
+                silent_s=round(overdue[name] + self.loops.allowance, 1),
+                watchdog=self.notifier.watchdog_seconds is not None,
+            )
+        for name in self._stalled - overdue.keys():
+            self._log.warning("loop.resumed", thread=name)
+        self._stalled = set(overdue)
+        return not overdue

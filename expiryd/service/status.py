@@ -1,0 +1,161 @@
+"""`expiryd status`: one screen on the daemons, the ledger and the queue, read from Redis.
+
+Healthy (exit 0) when at least one `run` daemon is alive and subscribed: then every
+expiry of the watched DB is heard. Otherwise exit 1, whatever else the screen says.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from expiryd.logs import display_key, escape_text
+from expiryd.redis.keyspace import Keyspace
+from expiryd.redis.registry import Heartbeat, Registry
+
+NEXT_DEADLINES = 5
+
+
+@dataclass(frozen=True)
+class Deadline:
+    key: str
+    due_in_s: float
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The ledger and the queue as Redis holds them now."""
+
+    ledger_keys: int
+    next_deadlines: list[Deadline]
+    jobs: dict[str, int]
+    """ready (due now), retrying (due later), leased, dead."""
+    oldest_ready_s: float | None
+
+
+@dataclass(frozen=True)
+class Report(Figures):
+    now: float = 0.0
+    daemons: list[Heartbeat] = field(default_factory=list)
+
+    @property
+    def alive(self) -> list[Heartbeat]:
+        return [d for d in self.daemons if d.alive(self.now)]
+
+    @property
+    def healthy(self) -> bool:
+        return any(d.mode == "run" and d.subscribed for d in self.alive)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy,
+            "daemons": [{**asdict(d), "alive": d.alive(self.now)} for d in self.daemons],
+            "ledger_keys": self.ledger_keys,
+            "next_deadlines": [asdict(d) for d in self.next_deadlines],
+            "jobs": self.jobs,
+            "oldest_ready_s": self.oldest_ready_s,
+        }
+
+
+def gather(client: redis.Redis, keyspace: Keyspace) -> Report:
+    figures = read_figures(client, keyspace)
+    daemons = Registry(client, keyspace).heartbeats()
+    return Report(**vars(figures), now=time.time(), daemons=daemons)
+
+
+def read_figures(client: redis.Redis, keyspace: Keyspace) -> Figures:
+    seconds, micros = client.time()
+    now_ms = seconds * 1000 + micros // 1000  # the Redis clock, which scores the queue
+    with client.pipeline(transaction=False) as pipe:
+        pipe.zcard(keyspace.deadlines)
+        pipe.zrange(keyspace.deadlines, 0, NEXT_DEADLINES - 1, withscores=True)
+        pipe.zcount(keyspace.ready, "-inf", now_ms)
+        pipe.zcount(keyspace.ready, f"({now_ms}", "+inf")
+        pipe.zcard(keyspace.leases)
+        pipe.zcard(keyspace.dead)
+        pipe.zrange(keyspace.ready, 0, 0, withscores=True)
+        ledger_keys, upcoming, ready, retrying, leased, dead, oldest = pipe.execute()
+    oldest_ready = None
+    if oldest and oldest[0][1] <= now_ms:
+        oldest_ready = round((now_ms - oldest[0][1]) / 1000, 3)
+    return Figures(
+        ledger_keys=ledger_keys,
+        next_deadlines=[
+            Deadline(display_key(key), round((score - now_ms) / 1000, 3)) for key, score in upcoming
+        ],
+        jobs={"ready": ready, "retrying": retrying, "leased": leased, "dead": dead},
+        oldest_ready_s=oldest_ready,
+    )
+
+
+def render(report: Report) -> list[str]:
+    verdict = "healthy" if report.healthy else "NOT HEALTHY: no live daemon is subscribed"
+    lines = [f"expiryd: {verdict}", "", "daemons:"]
+    lines += [_daemon_line(d, report.now) for d in report.daemons] or ["  none has run"]
+    for daemon in report.alive:
+        lines += _handled_lines(daemon)
+    jobs = report.jobs
+    oldest = "" if report.oldest_ready_s is None else f" (oldest {report.oldest_ready_s:.1f}s)"
+    lines += [
+        "",
+        f"ledger: {report.ledger_keys:,} watched keys with a deadline",
+        *(f"  {d.key}  in {_span(d.due_in_s)}" for d in report.next_deadlines),
+        "",
+        f"jobs: {jobs['ready']:,} ready{oldest}, {jobs['retrying']:,} retrying, "
+        f"{jobs['leased']:,} leased, {jobs['dead']:,} dead",
+    ]
+    return lines
+
+
+def _daemon_line(daemon: Heartbeat, now: float) -> str:
+    if daemon.alive(now):
+        state = "subscribed" if daemon.subscribed else "alive, NOT subscribed"
+        if daemon.mode == "work":
+            state = "alive (works only)"
+        seen = f"last heartbeat {_span(now - daemon.beat_at)} ago"
+    else:
+        state, seen = "gone", f"last seen {_span(now - daemon.beat_at)} ago"
+    up = _span(daemon.beat_at - daemon.started_at)
+    return (
+        f"  {escape_text(daemon.host)} pid {daemon.pid}  v{escape_text(daemon.version)}  "
+        f"{daemon.mode}  {state}, up {up}, {seen}"
+    )
+
+
+def _handled_lines(daemon: Heartbeat) -> list[str]:
+    lines = [f"  handled by pid {daemon.pid} since it started:"]
+    for route, outcomes in sorted(daemon.handled.items()):
+        counts = ", ".join(f"{n:,} {outcome}" for outcome, n in sorted(outcomes.items()))
+        lines.append(f"    {escape_text(route) or '(no route)'}: {counts}")
+    if not daemon.handled:
+        lines.append("    nothing yet")
+    problem = daemon.last_problem
+    if problem:
+        when = _iso(problem.get("timestamp"))
+        error = f": {problem['error']}" if "error" in problem else ""
+        lines.append(f"    last problem: {problem['event']} at {when}{escape_text(error)}")
+    return lines
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _iso(stamp: object) -> str:
+    if not isinstance(stamp, str):
+        return "?"
+    try:
+        return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return escape_text(stamp)

@@ -1,0 +1,151 @@
+"""expiryd and a producer as the Redis users of redis.conf.sample, on a redis-server
+started on that very file: each can do its job and nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.e2e.conftest import REPO, StartDaemon, assert_queue_settled, write_config
+from tests.support.daemon import DaemonProcess, setex
+from tests.support.servers import MariaDB, RedisServer
+from tests.support.shop import ORDER_ROUTES, create_orders, execute, statuses
+
+SAMPLE = REPO / "redis.conf.sample"
+EXPIRYD_PASSWORD = "expiryd-CHANGE-ME"
+PRODUCER_PASSWORD = "producer-CHANGE-ME"
+
+
+@pytest.fixture(scope="module")
+def sample_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis-sample"), config_file=SAMPLE)
+    server.start()
+    yield server
+    server.stop()
+
+
+def as_user(server: RedisServer, name: str, password: str) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=server.port, db=15, username=name, password=password)
+
+
+def test_the_sample_config_sets_what_expiryd_needs(sample_redis: RedisServer) -> None:
+    admin = sample_redis.client()
+    settings = admin.config_get("*")
+    assert settings["notify-keyspace-events"] in ("xgE", "gxE", "Egx")  # as Redis spells it
+    assert settings["protected-mode"] == "yes"
+    assert settings["maxmemory-policy"] == "noeviction"
+    assert settings["appendfsync"] == "everysec"
+    assert settings["client-output-buffer-limit"].split("pubsub ")[1] == "268435456 67108864 60"
+    users = {
+        line.split()[1] for line in SAMPLE.read_text().splitlines() if line.startswith("user ")
+    }
+    assert users == {"expiryd", "producer"}
+    # Every other setting line carries a comment above it.
+    lines = SAMPLE.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line and not line.startswith("#"):
+            assert lines[number - 1].startswith("#"), f"no comment above: {line}"
+
+
+def test_the_daemon_as_the_expiryd_user_handles_expiries_and_is_never_refused(
+    sample_redis: RedisServer, mysql_url: str, tmp_path: Path
+) -> None:
+    admin = sample_redis.client()
+    admin.flushall()
+    admin.execute_command("ACL", "LOG", "RESET")
+    create_orders(mysql_url, {"SN1": 0, "SN2": 2, "SN3": 0})
+    url = f"redis://expiryd:{EXPIRYD_PASSWORD}@127.0.0.1:{sample_redis.port}/15"
+    config = write_config(tmp_path / "expiryd.toml", url, mysql_url, ORDER_ROUTES)
+    daemon = DaemonProcess(config, env={"PYTHONPATH": str(REPO)})
+    try:
+        daemon.wait_subscribed()
+        producer = as_user(sample_redis, "producer", PRODUCER_PASSWORD)
+        setex(producer, "order:cancel:SN1", 1)
+        producer.execute_command("PSETEX", "order:complete:SN2", 1000, "x")
+        setex(producer, "order:cancel:SN3", 1)
+        producer.delete("order:cancel:SN3")  # paid in time: the producer cancels the timer
+        daemon.wait_for_event("expiry.handled", 2)
+        assert statuses(mysql_url) == {"SN1": 3, "SN2": 4, "SN3": 0}
+        assert_queue_settled(sample_redis, [daemon], dead=0)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.running:
+            daemon.stop()
+    # Nothing expiryd tried was refused, not even something it would have retried.
+    assert admin.execute_command("ACL", "LOG") == []
+    assert not daemon.events("redis.misconfigured") and not daemon.events("ledger.unavailable")
+
+
+def test_the_expiryd_user_cannot_change_or_delete_a_watched_key(
+    sample_redis: RedisServer,
+) -> None:
+    sample_redis.client().set("order:cancel:SN9", "x")
+    expiryd = as_user(sample_redis, "expiryd", EXPIRYD_PASSWORD)
+    assert expiryd.pttl("order:cancel:SN9") == -1  # it may read one
+    for attempt in (
+        lambda: expiryd.delete("order:cancel:SN9"),
+        lambda: expiryd.set("order:cancel:SN9", "y"),
+        lambda: expiryd.expire("order:cancel:SN9", 5),
+        lambda: expiryd.config_set("notify-keyspace-events", ""),
+        lambda: expiryd.flushdb(),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+    assert sample_redis.client().get("order:cancel:SN9") == b"x"
+
+
+def test_the_producer_cannot_read_keys_or_touch_expiryds_state(
+    sample_redis: RedisServer,
+) -> None:
+    admin = sample_redis.client()
+    admin.zadd("expiryd:deadlines", {"order:cancel:SN8": 1})
+    producer = as_user(sample_redis, "producer", PRODUCER_PASSWORD)
+    setex(producer, "order:cancel:SN8", 60)
+    producer.expire("order:cancel:SN8", 120)
+    for attempt in (
+        lambda: producer.get("order:cancel:SN8"),
+        lambda: producer.set("order:cancel:SN8", "y", get=True),
+        lambda: producer.zcard("expiryd:deadlines"),
+        lambda: producer.delete("expiryd:deadlines"),
+        lambda: setex(producer, "expiryd:jobs", 1),
+        lambda: producer.publish("expiryd:sweep@15", "forged marker"),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+    assert admin.zcard("expiryd:deadlines") == 1
+
+
+GRANT = "GRANT SELECT, UPDATE (status) ON {db}.orders TO 'expiryd_lp'@'%'"
+"""The README's grant: read the orders table (expiryd reads its definition at start), and
+change its status column, nothing else."""
+
+
+@pytest.mark.mysql
+def test_the_daemon_runs_with_only_the_readmes_mysql_grant(
+    mariadb: MariaDB, mysql_url: str, start_daemon: StartDaemon, redis_db: RedisServer
+) -> None:
+    create_orders(mysql_url, {"SN1": 0, "SN2": 2})
+    database = mysql_url.rsplit("/", 1)[1]
+    with mariadb.admin() as admin, admin.cursor() as cursor:
+        cursor.execute("DROP USER IF EXISTS 'expiryd_lp'@'%'")
+        cursor.execute("CREATE USER 'expiryd_lp'@'%' IDENTIFIED BY 'lp-pw'")
+        cursor.execute(GRANT.format(db=database))
+    narrow_url = f"mysql+pymysql://expiryd_lp:lp-pw@127.0.0.1:{mariadb.port}/{database}"
+    for denied in (  # the grant is as narrow as it says
+        "INSERT INTO orders (order_sn, status) VALUES ('SN9', 0)",
+        "UPDATE orders SET order_sn = 'SN7' WHERE order_sn = 'SN1'",
+        "DELETE FROM orders",
+    ):
+        with pytest.raises(Exception, match="command denied"):
+            execute(narrow_url, denied)
+
+    daemon = start_daemon(narrow_url)
+    client = redis_db.client()
+    setex(client, "order:cancel:SN1", 1)
+    setex(client, "order:complete:SN2", 1)
+    lines = daemon.wait_for_event("expiry.handled", 2)
+    assert {line["outcome"] for line in lines} == {"applied"}
+    assert statuses(mysql_url) == {"SN1": 3, "SN2": 4}

@@ -1,0 +1,95 @@
+"""The Prometheus endpoint, scraped during a burst and checked against the log."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import StartDaemon, write_config
+from tests.support.daemon import psetex_many, run_cli
+from tests.support.servers import RedisServer, free_port
+
+ACCEPT = '[[routes]]\npattern = "t:{n}"\nhandler = "tests.support.hooks:accept"\n'
+BURST = 3000
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[name, frozenset(labels.items())]
+
+
+def test_metrics_count_what_the_log_says_during_and_after_a_burst(
+    start_daemon: StartDaemon, redis_db: RedisServer, sqlite_url: str
+) -> None:
+    port = free_port()
+    daemon = start_daemon(sqlite_url, ACCEPT + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    daemon.wait_for_event("expiryd.ready")
+    before = scrape(port)
+    # Known in advance, so at 0 before anything happened (alerts need no "absent()").
+    assert value(before, "expiryd_expiries_total", route="t:{n}", outcome="applied") == 0
+    assert value(before, "expiryd_expiries_total", route="", outcome="unrouted") == 0
+    assert value(before, "expiryd_jobs", state="dead") == 0
+    assert value(before, "expiryd_lateness_seconds_count", route="t:{n}") == 0
+    assert value(before, "expiryd_up") == 1 and value(before, "expiryd_subscribed") == 1
+
+    psetex_many(redis_db.client(), [f"t:{n}" for n in range(BURST)], 300)
+    psetex_many(redis_db.client(), ["other:1"], 300)
+    seen = []
+    deadline = time.monotonic() + 60
+    while len(daemon.handled()) < BURST + 1 and time.monotonic() < deadline:
+        seen.append(value(scrape(port), "expiryd_expiries_total", route="t:{n}", outcome="applied"))
+        time.sleep(0.1)
+    assert seen == sorted(seen), "a counter went down"
+    daemon.wait_for_event("expiry.handled", BURST + 1)
+
+    after = scrape(port)
+    applied = [line for line in daemon.handled() if line["outcome"] == "applied"]
+    unrouted = [line for line in daemon.handled() if line["outcome"] == "unrouted"]
+    assert value(after, "expiryd_expiries_total", route="t:{n}", outcome="applied") == len(applied)
+    assert len(applied) == BURST
+    assert value(after, "expiryd_expiries_total", route="", outcome="unrouted") == len(unrouted)
+    assert value(after, "expiryd_lateness_seconds_count", route="t:{n}") == BURST
+    assert value(after, "expiryd_lateness_seconds_bucket", route="t:{n}", le="+Inf") == BURST
+    assert value(after, "expiryd_last_handled_timestamp_seconds") > 0
+    assert value(after, "expiryd_redis_reconnects_total") == 0
+
+
+def test_a_metrics_port_in_use_stops_the_start_with_one_line(
+    tmp_path: Path, redis_db: RedisServer, sqlite_url: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        body = ACCEPT + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        config = write_config(tmp_path / "expiryd.toml", redis_db.url(), sqlite_url, body)
+        result = run_cli("run", "--config", str(config), "--log-format", "json")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"expiryd: error: [metrics] listen 127.0.0.1:{port}: Address already in use"
+    ]
+
+
+def test_a_metrics_listen_that_is_not_host_and_port_is_a_config_error(
+    tmp_path: Path, redis_db: RedisServer, sqlite_url: str
+) -> None:
+    body = ACCEPT + '[metrics]\nlisten = "9308"\n'
+    config = write_config(tmp_path / "expiryd.toml", redis_db.url(), sqlite_url, body)
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode != 0
+    assert "[metrics] listen: '9308' is not HOST:PORT" in result.stderr

@@ -1,0 +1,92 @@
+"""SIGHUP: a changed config is taken up in place, without losing or doubling an expiry;
+a wrong one is refused in one line and the daemon goes on as it was."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from tests.e2e.conftest import StartDaemon
+from tests.support.daemon import DaemonProcess, psetex_many, setex
+from tests.support.hooks import CALLS_TABLE
+from tests.support.servers import RedisServer
+from tests.support.shop import ORDER_ROUTES, create_orders, execute, statuses
+
+RECORD = '[[routes]]\npattern = "r:{n}"\nhandler = "tests.support.hooks:record_call"\n'
+
+
+def reload_with(daemon: DaemonProcess, body: str, count: int) -> None:
+    assert daemon.config is not None
+    daemon.config.write_text(daemon.config.read_text().split("[[routes]]")[0] + body)
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for_event("expiryd.started", count, timeout=40)
+
+
+def test_a_changed_config_is_taken_up_in_place_and_no_expiry_is_lost_or_doubled(
+    start_daemon: StartDaemon, redis_db: RedisServer, sqlite_url: str
+) -> None:
+    execute(sqlite_url, CALLS_TABLE)
+    env = {"HOOK_DATABASE_URL": sqlite_url}
+    daemon = start_daemon(sqlite_url, RECORD, env=env)
+    pid = daemon.process.pid
+    keys = [f"r:{n}" for n in range(3000)]
+    # Expiring before, during and after the restart.
+    psetex_many(redis_db.client(), keys, [200 + n for n in range(3000)])
+    create_orders(sqlite_url, {"SN1": 0})
+    reload_with(daemon, RECORD + ORDER_ROUTES, count=2)
+
+    (reloading,) = daemon.events("config.reloading")
+    assert reloading["changed"] == ["routes"]
+    assert daemon.process.pid == pid and daemon.running
+    daemon.wait_subscribed(2)
+    setex(redis_db.client(), "order:cancel:SN1", 1)  # a route the old config did not have
+    daemon.wait_for(lambda: statuses(sqlite_url).get("SN1") == 3, 20, "SN1 cancelled")
+    daemon.wait_for(lambda: _calls(sqlite_url) >= len(keys), 60, "every r: key recorded")
+    assert _calls(sqlite_url) == len(keys)
+    assert _distinct_calls(sqlite_url) == len(keys)
+
+
+def _calls(url: str) -> int:
+    return _scalar(url, "SELECT COUNT(*) FROM calls")
+
+
+def _distinct_calls(url: str) -> int:
+    return _scalar(url, "SELECT COUNT(DISTINCT key_name) FROM calls")
+
+
+def _scalar(url: str, sql: str) -> int:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        value = int(connection.execute(text(sql)).scalar_one())
+    engine.dispose()
+    return value
+
+
+def test_a_config_that_does_not_load_or_moves_the_queue_is_refused_and_work_goes_on(
+    start_daemon: StartDaemon, redis_db: RedisServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    create_orders(sqlite_url, {"SN1": 0, "SN2": 0})
+    daemon = start_daemon(sqlite_url, ORDER_ROUTES)
+    assert daemon.config is not None
+    good = daemon.config.read_text()
+
+    daemon.config.write_text(good + "\n[worker]\nconcurency = 2\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    (failed,) = daemon.wait_for_event("config.reload_failed")
+    assert "concurency" in failed["error"] and failed["level"] == "error"
+
+    daemon.config.write_text(good.replace("[redis]\n", '[redis]\nprefix = "other:"\n', 1))
+    daemon.process.send_signal(signal.SIGHUP)
+    (refused,) = daemon.wait_for_event("config.reload_refused")
+    assert "prefix" in refused["error"]
+
+    daemon.config.write_text(good)
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for_event("config.unchanged")
+
+    setex(redis_db.client(), "order:cancel:SN1", 1)
+    daemon.wait_for_event("expiry.handled")
+    assert statuses(sqlite_url)["SN1"] == 3
+    assert len(daemon.events("expiryd.started")) == 1
