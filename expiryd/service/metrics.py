@@ -43,6 +43,11 @@ class Metrics:
             "Watched keys whose deadline the ledger holds.",
             registry=registry,
         )
+        self.oldest_ready = Gauge(
+            "expiryd_oldest_ready_seconds",
+            "How long the oldest job due now has waited for a worker (0: none waits).",
+            registry=registry,
+        )
         self.reconnects = Counter(
             "expiryd_redis_reconnects",
             "Times the listener subscribed again after losing its connection.",

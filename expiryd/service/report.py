@@ -100,6 +100,7 @@ class Reporter:
         for state, count in figures.jobs.items():
             metrics.jobs.labels(state).set(count)
         metrics.ledger_keys.set(figures.ledger_keys)
+        metrics.oldest_ready.set(figures.oldest_ready_s or 0)
         metrics.last_heartbeat.set(time.time())
 
     def _watch_live(self, metrics: Metrics) -> None:

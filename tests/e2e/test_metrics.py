@@ -44,6 +44,7 @@ def test_metrics_count_what_the_log_says_during_and_after_a_burst(
     assert value(before, "expiryd_expiries_total", route="t:{n}", outcome="applied") == 0
     assert value(before, "expiryd_expiries_total", route="", outcome="unrouted") == 0
     assert value(before, "expiryd_jobs", state="dead") == 0
+    assert value(before, "expiryd_oldest_ready_seconds") == 0
     assert value(before, "expiryd_lateness_seconds_count", route="t:{n}") == 0
     assert value(before, "expiryd_up") == 1 and value(before, "expiryd_subscribed") == 1
 
