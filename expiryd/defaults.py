@@ -146,3 +146,7 @@ STOP_MARGIN_SECONDS = 5.0
 
 HEARTBEAT_LIFE_SECONDS = 15.0
 """A daemon whose last heartbeat is older than this counts as gone (`expiryd status`)."""
+
+PULSE_JOIN_SECONDS = 10.0
+"""At exit, how long the pulse may take for its last report (its Redis calls give up
+after a second each)."""

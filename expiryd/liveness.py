@@ -8,6 +8,7 @@ daemon with one stuck thread is restarted rather than left running half-alive.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -48,3 +49,20 @@ class Loops:
         """Each loop past its due time, with how many seconds past."""
         now = self._clock()
         return {name: now - due for name, due in list(self._due.items()) if due < now}
+
+
+_bound = threading.local()
+
+
+def bind(beat: Beat, quiet_for: float) -> None:
+    """Make `beat` this thread's, for `beat_here` to call with `quiet_for`."""
+    _bound.beat, _bound.quiet_for = beat, quiet_for
+
+
+def beat_here() -> None:
+    """A sign of progress from deep inside a loop's work (each statement a worker's
+    handler sends, each expiry of a group run one by one), so that a long group of quick
+    steps is not taken for a stuck one. Nothing on a thread no loop bound."""
+    beat = getattr(_bound, "beat", None)
+    if beat is not None:
+        beat(_bound.quiet_for)

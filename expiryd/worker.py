@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from expiryd import defaults
+from expiryd import defaults, liveness
 from expiryd.backoff import Backoff
 from expiryd.config import WorkerSettings
 from expiryd.expiry import Expiry
@@ -115,6 +115,8 @@ class Worker:
 
     def run(self) -> None:
         """Take and run batches until `stop` is set; the group in hand is always finished."""
+        # A handler's statement ends within the lease (the driver's timeouts).
+        liveness.bind(self.beat, self.settings.lease_seconds)
         while not self.stop.is_set():
             self.beat()
             try:
@@ -240,8 +242,9 @@ class Worker:
             if lease.lost:
                 return
             lease.running, lease.slow_warnings = (name, len(group), time.monotonic()), 0
-            # A group's statements end within the lease (the driver's timeouts); a handler
-            # that runs longer than that is stuck, and the watchdog may restart the daemon.
+            # Each of a group's statements, or each expiry run on its own, beats again
+            # (`liveness.beat_here`); one that runs past the lease is stuck, and the
+            # watchdog may restart the daemon.
             self.beat(self.settings.lease_seconds)
             try:
                 yield self._run_group(self.handlers[name], group)

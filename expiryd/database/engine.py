@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, create_engine
+from sqlalchemy import Engine, MetaData, Table, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchTableError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -13,6 +13,7 @@ from sqlalchemy.pool import NullPool
 from expiryd import defaults
 from expiryd.config import DatabaseSettings
 from expiryd.errors import ConfigError, ServiceError
+from expiryd.liveness import beat_here
 from expiryd.logs import describe_error
 from expiryd.redact import redact_url, scrub
 
@@ -61,11 +62,18 @@ def make_engine(
     elif io_timeout and url.get_backend_name() == "sqlite":
         options["connect_args"] = {"timeout": io_timeout}
     try:
-        return create_engine(url, **options)
+        engine = create_engine(url, **options)
     except (ArgumentError, ImportError) as exc:
         raise ConfigError(
             f"[database] url {redact_url(settings.url)!r}: {scrub(str(exc))}"
         ) from None
+    event.listen(engine, "before_cursor_execute", _beat)
+    return engine
+
+
+def _beat(*_statement: Any) -> None:
+    """Each statement is progress for the loop whose thread sends it (see `liveness`)."""
+    beat_here()
 
 
 def _mysql_connect_args(settings: DatabaseSettings) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from expiryd.config import Config
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
+from expiryd.liveness import beat_here
 from expiryd.outcomes import Result
 from expiryd.routes import Route
 
@@ -44,6 +45,7 @@ def one_by_one(run: Callable[[Expiry], Result], expiries: Sequence[Expiry]) -> l
     """Each expiry on its own: what one raises is its outcome, not the others'."""
     outcomes: list[Outcome] = []
     for expiry in expiries:
+        beat_here()
         try:
             outcomes.append(run(expiry))
         except BaseException as exc:  # whatever a handler raises is that expiry's outcome

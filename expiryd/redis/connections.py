@@ -95,10 +95,13 @@ def read_notify_flags(client: redis.Redis) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def ensure_notifications(target: RedisTarget, client: redis.Redis, configure: bool) -> str:
-    """Check (or with `configure`, set) notify-keyspace-events; return the flags in force."""
+def ensure_notifications(target: RedisTarget, client: redis.Redis, configure: bool) -> str | None:
+    """Check (or with `configure`, set) notify-keyspace-events; return the flags in force,
+    or None when this Redis user may not read them (an ACL user without CONFIG GET)."""
     try:
         current = read_notify_flags(client)
+    except redis.exceptions.NoPermissionError:
+        return None
     except redis.ResponseError as exc:
         raise ServiceError(
             f"cannot read notify-keyspace-events from {target.safe_url} ({exc}); "

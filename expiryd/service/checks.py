@@ -68,7 +68,11 @@ def _check_redis(config: Config) -> str:
     if eviction:
         raise UserError(f"Redis at {target.safe_url}: {eviction}")
     queue = ", ".join(f"{n} {state}" for state, n in jobs.items())
-    return f"Redis at {target.safe_url}, notify-keyspace-events {flags!r}; jobs: {queue}"
+    shown = UNVERIFIED if flags is None else repr(flags)
+    return f"Redis at {target.safe_url}, notify-keyspace-events {shown}; jobs: {queue}"
+
+
+UNVERIFIED = "not readable by this user (no CONFIG GET): make sure redis.conf sets it"
 
 
 def _check_database(engine: Engine) -> str:

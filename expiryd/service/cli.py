@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -72,7 +73,10 @@ def _work(args: argparse.Namespace) -> int:
 def _execute_again() -> None:
     """The same command line in the same process (a SIGHUP reload): the same pid, so
     systemd and any other supervisor keep following it."""
+    from expiryd.service.daemon import RELOAD_BLOCKED_SIGNALS
+
     sys.stdout.flush()
+    signal.pthread_sigmask(signal.SIG_BLOCK, RELOAD_BLOCKED_SIGNALS)
     os.execv(sys.executable, sys.orig_argv)
 
 

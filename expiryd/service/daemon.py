@@ -57,6 +57,9 @@ from expiryd.service.report import Reporter
 from expiryd.tally import Tally
 from expiryd.worker import Worker
 
+RELOAD_BLOCKED_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+"""Held back while a reload executes expiryd again, until the new process can take them."""
+
 EXIT_THREAD_DIED = 70
 """The exit code when one of expiryd's threads ended unexpectedly (EX_SOFTWARE)."""
 
@@ -144,9 +147,11 @@ class Daemon:
         )
         self._beat = self.loops.beat_for("dispatcher")
         self._reload = threading.Event()
+        self._restart_requested = False
+        self._stop_signalled = False
         self.restart = False
-        """Set when a SIGHUP asked for a restart on a new config: the caller executes
-        expiryd again once `run` returns."""
+        """Set by `run` when a SIGHUP asked for a restart on a new config and no stop
+        signal came since: the caller then executes expiryd again."""
         self._signal: str | None = None
         self._died: str | None = None
         self._backoff = Backoff.reconnecting(self._beat)
@@ -195,10 +200,11 @@ class Daemon:
         self.loops.forget("dispatcher")
         self._log.info("expiryd.stopping", signal=self._signal, in_hand=self._in_hand())
         grace = self.config.worker.grace_seconds
+        reloading = self._restart_requested and not self._stop_signalled
         self.notifier.send(
             **(
                 {"RELOADING": 1, "MONOTONIC_USEC": time.monotonic_ns() // 1000}
-                if self.restart
+                if reloading
                 else {"STOPPING": 1}
             ),
             STATUS=f"stopping: finishing {self._in_hand()} expiries in hand",
@@ -207,9 +213,9 @@ class Daemon:
         try:
             return self._shut_down(threads, workers)
         finally:
+            self.restart = self._restart_requested and not self._stop_signalled
             self._pulse_stop.set()
-            pulse.join(timeout=1)
-            self.reporter.report(stopping=True)
+            pulse.join(timeout=defaults.PULSE_JOIN_SECONDS)
             if self.metrics is not None:
                 self.metrics.close()
 
@@ -258,8 +264,8 @@ class Daemon:
         log = self._log.info if verdict.restart or not verdict.fields else self._log.error
         log(verdict.event, **verdict.fields)
         if verdict.restart:
-            self.restart = True
-            self._signal = "SIGHUP"
+            self._restart_requested = True
+            self._signal = self._signal or "SIGHUP"
             self.stop_taking.set()
             self.stop.set()
 
@@ -324,6 +330,7 @@ class Daemon:
                 self.inbox.put(event, timeout=0.5)
                 return
             except queue.Full:
+                self.listener.beat()  # held back by a busy dispatcher, not stuck
                 continue
 
     def _resubscribed(self) -> None:
@@ -379,7 +386,13 @@ class Daemon:
         """Fail fast on a Redis that would never notify; an unreachable one is retried."""
         try:
             if self.listen:
-                ensure_notifications(self.target, self.redis, self.configure_redis)
+                flags = ensure_notifications(self.target, self.redis, self.configure_redis)
+                if flags is None:
+                    self._log.warning(
+                        "redis.unverified",
+                        error="this Redis user may not CONFIG GET: make sure redis.conf has "
+                        f"notify-keyspace-events {defaults.NOTIFY_FLAGS}",
+                    )
             warn_eviction(self.target, self.redis, self._log)
         except CONNECTION_ERRORS as exc:
             self._log.warning("redis.unreachable", error=describe_error(exc))
@@ -387,13 +400,17 @@ class Daemon:
     def _install_signal_handlers(self) -> None:
         # Only set flags here: logging from a signal handler could deadlock on the log lock.
         def request_stop(signum: int, _frame: FrameType | None) -> None:
-            self._signal = self._signal or signal.Signals(signum).name
+            self._stop_signalled = True  # a stop that comes during a reload is a stop
+            if self._signal in (None, "SIGHUP"):
+                self._signal = signal.Signals(signum).name
             self.stop_taking.set()
             self.stop.set()
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGHUP, lambda _signum, _frame: self._reload.set())
+        # Blocked across a reload's exec (see cli): what came meanwhile is delivered now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, RELOAD_BLOCKED_SIGNALS)
 
 
 def _left(deadline: float) -> float:

@@ -17,6 +17,9 @@ from expiryd.logs import get_logger
 from expiryd.service.notify import Notifier
 
 TICK_SECONDS = 0.25
+START_EXTENSION_SECONDS = 30.0
+"""While the daemon starts and its loops move, systemd's start timeout is pushed this far
+ahead, again and again: a large DB's first scan may take minutes."""
 
 
 class Pulse:
@@ -25,7 +28,7 @@ class Pulse:
         notifier: Notifier,
         loops: Loops,
         ready: Callable[[], bool],
-        report: Callable[[], None],
+        report: Callable[[bool], None],
         stop: threading.Event,
     ) -> None:
         self.notifier = notifier
@@ -38,7 +41,7 @@ class Pulse:
 
     def run(self) -> None:
         announced = False
-        next_pet = next_report = 0.0
+        next_pet = next_report = next_extension = 0.0
         while not self.stop.wait(TICK_SECONDS):
             if not announced and self.ready():
                 self.notifier.send(READY=1)
@@ -46,13 +49,18 @@ class Pulse:
                 self._log.info("expiryd.ready", notified=self.notifier.address is not None)
                 next_report = 0.0
             alive = self._check_loops()
+            if not announced and alive and time.monotonic() >= next_extension:
+                # Still starting (the first scan of a large DB), and moving: more time.
+                self.notifier.send(EXTEND_TIMEOUT_USEC=int(START_EXTENSION_SECONDS * 1e6))
+                next_extension = time.monotonic() + START_EXTENSION_SECONDS / 3
             watchdog = self.notifier.watchdog_seconds
             if watchdog and alive and time.monotonic() >= next_pet:
                 self.notifier.send(WATCHDOG=1)
                 next_pet = time.monotonic() + watchdog / 2
             if time.monotonic() >= next_report:
-                self.report()
+                self.report(False)
                 next_report = time.monotonic() + defaults.STATUS_SECONDS
+        self.report(True)  # the last word: gone, so that no report in flight outlives it
 
     def _check_loops(self) -> bool:
         """Whether every loop is moving; each one that stalled is logged once a stall."""

@@ -16,6 +16,8 @@ from typing import Any
 
 from expiryd.config import Config
 from expiryd.errors import UserError
+from expiryd.logs import describe_error
+from expiryd.redact import scrub
 from expiryd.redis.connections import RedisTarget
 
 
@@ -32,7 +34,7 @@ def judge(current: Config, load: Callable[[], Config], check: Callable[[Config],
     try:
         new = load()
     except UserError as exc:
-        return Verdict(False, "config.reload_failed", {"error": str(exc)})
+        return Verdict(False, "config.reload_failed", {"error": scrub(str(exc))})
     changed = changed_sections(current, new)
     if not changed:
         return Verdict(False, "config.unchanged", {})
@@ -42,7 +44,11 @@ def judge(current: Config, load: Callable[[], Config], check: Callable[[Config],
     try:
         check(new)
     except UserError as exc:
-        return Verdict(False, "config.reload_failed", {"changed": changed, "error": str(exc)})
+        error = scrub(str(exc))
+        return Verdict(False, "config.reload_failed", {"changed": changed, "error": error})
+    except Exception as exc:  # the database unreachable, say: refused all the same
+        error = describe_error(exc)
+        return Verdict(False, "config.reload_failed", {"changed": changed, "error": error})
     return Verdict(True, "config.reloading", {"changed": changed})
 
 

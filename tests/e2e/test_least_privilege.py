@@ -3,6 +3,8 @@ started on that very file: each can do its job and nothing more."""
 
 from __future__ import annotations
 
+import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,11 +12,17 @@ import pytest
 import redis
 
 from tests.e2e.conftest import REPO, StartDaemon, assert_queue_settled, write_config
-from tests.support.daemon import DaemonProcess, setex
+from tests.support.daemon import DaemonProcess, run_cli, setex
 from tests.support.servers import MariaDB, RedisServer
 from tests.support.shop import ORDER_ROUTES, create_orders, execute, statuses
 
 SAMPLE = REPO / "redis.conf.sample"
+ROUTES = (
+    ORDER_ROUTES
+    + '[[routes]]\npattern = "order:notify:{order_sn}"\nhandler = "redis.stream"\n'
+    + '[[routes]]\npattern = "order:fail:{order_sn}"\nhandler = "tests.support.hooks:explode"\n'
+    + "retry = { attempts = 1 }\n"
+)
 EXPIRYD_PASSWORD = "expiryd-CHANGE-ME"
 PRODUCER_PASSWORD = "producer-CHANGE-ME"
 
@@ -53,12 +61,14 @@ def test_the_sample_config_sets_what_expiryd_needs(sample_redis: RedisServer) ->
 def test_the_daemon_as_the_expiryd_user_handles_expiries_and_is_never_refused(
     sample_redis: RedisServer, mysql_url: str, tmp_path: Path
 ) -> None:
+    """Every part that talks to Redis, as the sample's users: the orders and stream
+    handlers, a dead letter and its purge, status, and a reload."""
     admin = sample_redis.client()
     admin.flushall()
     admin.execute_command("ACL", "LOG", "RESET")
     create_orders(mysql_url, {"SN1": 0, "SN2": 2, "SN3": 0})
     url = f"redis://expiryd:{EXPIRYD_PASSWORD}@127.0.0.1:{sample_redis.port}/15"
-    config = write_config(tmp_path / "expiryd.toml", url, mysql_url, ORDER_ROUTES)
+    config = write_config(tmp_path / "expiryd.toml", url, mysql_url, ROUTES)
     daemon = DaemonProcess(config, env={"PYTHONPATH": str(REPO)})
     try:
         daemon.wait_subscribed()
@@ -67,8 +77,20 @@ def test_the_daemon_as_the_expiryd_user_handles_expiries_and_is_never_refused(
         producer.execute_command("PSETEX", "order:complete:SN2", 1000, "x")
         setex(producer, "order:cancel:SN3", 1)
         producer.delete("order:cancel:SN3")  # paid in time: the producer cancels the timer
-        daemon.wait_for_event("expiry.handled", 2)
+        setex(producer, "order:notify:SN1", 1)
+        setex(producer, "order:fail:SN1", 1)
+        lines = daemon.wait_for_event("expiry.handled", 4)
+        assert sorted(line["outcome"] for line in lines) == ["applied"] * 3 + ["dead"]
         assert statuses(mysql_url) == {"SN1": 3, "SN2": 4, "SN3": 0}
+        assert admin.xlen("expiryd:expired") == 1
+
+        assert run_cli("status", "--config", str(config)).returncode == 0
+        purged = run_cli("dead", "purge", "--all", "--config", str(config))
+        assert purged.stdout.strip() == "1 dead letters removed", purged.stderr
+        config.write_text(config.read_text() + "\n[worker]\nconcurrency = 1\n")
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for_event("expiryd.started", 2, timeout=40)
+        daemon.wait_subscribed(2)
         assert_queue_settled(sample_redis, [daemon], dead=0)
         assert daemon.stop() == 0
     finally:
@@ -76,7 +98,8 @@ def test_the_daemon_as_the_expiryd_user_handles_expiries_and_is_never_refused(
             daemon.stop()
     # Nothing expiryd tried was refused, not even something it would have retried.
     assert admin.execute_command("ACL", "LOG") == []
-    assert not daemon.events("redis.misconfigured") and not daemon.events("ledger.unavailable")
+    problems = [line for line in daemon.lines if line["level"] in ("warning", "error")]
+    assert [line["event"] for line in problems] == ["expiry.handled"]  # the dead letter
 
 
 def test_the_expiryd_user_cannot_change_or_delete_a_watched_key(
@@ -118,9 +141,11 @@ def test_the_producer_cannot_read_keys_or_touch_expiryds_state(
     assert admin.zcard("expiryd:deadlines") == 1
 
 
-GRANT = "GRANT SELECT, UPDATE (status) ON {db}.orders TO 'expiryd_lp'@'%'"
-"""The README's grant: read the orders table (expiryd reads its definition at start), and
-change its status column, nothing else."""
+def readme_grant(database: str, user: str) -> str:
+    """The GRANT the README gives, for `database` and `user`."""
+    (grant,) = re.findall(r"^ +(GRANT .+);$", (REPO / "README.md").read_text(), re.MULTILINE)
+    assert grant == "GRANT SELECT, UPDATE (status) ON shop.orders TO 'expiryd'@'10.0.0.%'"
+    return grant.replace("shop.", f"{database}.").replace("'expiryd'@'10.0.0.%'", user)
 
 
 @pytest.mark.mysql
@@ -132,7 +157,7 @@ def test_the_daemon_runs_with_only_the_readmes_mysql_grant(
     with mariadb.admin() as admin, admin.cursor() as cursor:
         cursor.execute("DROP USER IF EXISTS 'expiryd_lp'@'%'")
         cursor.execute("CREATE USER 'expiryd_lp'@'%' IDENTIFIED BY 'lp-pw'")
-        cursor.execute(GRANT.format(db=database))
+        cursor.execute(readme_grant(database, "'expiryd_lp'@'%'"))
     narrow_url = f"mysql+pymysql://expiryd_lp:lp-pw@127.0.0.1:{mariadb.port}/{database}"
     for denied in (  # the grant is as narrow as it says
         "INSERT INTO orders (order_sn, status) VALUES ('SN9', 0)",

@@ -4,15 +4,18 @@ a wrong one is refused in one line and the daemon goes on as it was."""
 from __future__ import annotations
 
 import signal
+import uuid
 from pathlib import Path
 
 from tests.e2e.conftest import StartDaemon
 from tests.support.daemon import DaemonProcess, psetex_many, setex
 from tests.support.hooks import CALLS_TABLE
+from tests.support.notify import NotifySocket
 from tests.support.servers import RedisServer
 from tests.support.shop import ORDER_ROUTES, create_orders, execute, statuses
 
 RECORD = '[[routes]]\npattern = "r:{n}"\nhandler = "tests.support.hooks:record_call"\n'
+SLOW = '[[routes]]\npattern = "slow:{n}"\nhandler = "tests.support.hooks:record_call_slowly"\n'
 
 
 def reload_with(daemon: DaemonProcess, body: str, count: int) -> None:
@@ -26,9 +29,12 @@ def test_a_changed_config_is_taken_up_in_place_and_no_expiry_is_lost_or_doubled(
     start_daemon: StartDaemon, redis_db: RedisServer, sqlite_url: str
 ) -> None:
     execute(sqlite_url, CALLS_TABLE)
-    env = {"HOOK_DATABASE_URL": sqlite_url}
+    address = f"@expiryd-reload-{uuid.uuid4().hex}"
+    notify = NotifySocket(address)
+    env = {"HOOK_DATABASE_URL": sqlite_url, "NOTIFY_SOCKET": address}
     daemon = start_daemon(sqlite_url, RECORD, env=env)
     pid = daemon.process.pid
+    first_ready = notify.wait_for("READY")
     keys = [f"r:{n}" for n in range(3000)]
     # Expiring before, during and after the restart.
     psetex_many(redis_db.client(), keys, [200 + n for n in range(3000)])
@@ -44,6 +50,34 @@ def test_a_changed_config_is_taken_up_in_place_and_no_expiry_is_lost_or_doubled(
     daemon.wait_for(lambda: _calls(sqlite_url) >= len(keys), 60, "every r: key recorded")
     assert _calls(sqlite_url) == len(keys)
     assert _distinct_calls(sqlite_url) == len(keys)
+    # systemd was told: reloading (with the time, as sd_notify(3) asks), then ready again.
+    reloading = notify.wait_for("RELOADING", "1")
+    assert reloading.at > first_ready.at and int(reloading.fields["MONOTONIC_USEC"]) > 0
+    assert [m for m in notify.with_field("READY") if m.at > reloading.at]
+    assert not notify.with_field("STOPPING")
+    notify.close()
+
+
+def test_a_stop_during_a_reload_stops_instead_of_starting_again(
+    start_daemon: StartDaemon, redis_db: RedisServer, sqlite_url: str
+) -> None:
+    execute(sqlite_url, CALLS_TABLE)
+    env = {"HOOK_DATABASE_URL": sqlite_url, "HOOK_SLEEP": "2"}
+    daemon = start_daemon(sqlite_url, SLOW, env=env)
+    setex(redis_db.client(), "slow:1", 1)
+    client = redis_db.client()
+    daemon.wait_for(lambda: client.zcard("expiryd:jobs:leases") == 1, 20, "the job leased")
+    reload_body = SLOW + "[worker]\nconcurrency = 1\n"
+    assert daemon.config is not None
+    daemon.config.write_text(daemon.config.read_text().split("[[routes]]")[0] + reload_body)
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for_event("config.reloading")
+    daemon.process.send_signal(signal.SIGTERM)  # while the reload waits for the slow group
+    assert daemon.process.wait(30) == 0
+    assert len(daemon.events("expiryd.started")) == 1
+    (stopping,) = daemon.events("expiryd.stopping")
+    assert stopping["signal"] == "SIGTERM"
+    assert _calls(sqlite_url) == 1
 
 
 def _calls(url: str) -> int:

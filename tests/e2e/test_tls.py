@@ -80,8 +80,10 @@ def test_the_daemon_works_over_tls_to_redis_and_mariadb(
         (handled,) = daemon.wait_for_event("expiry.handled")
         assert handled["outcome"] == "applied"
         assert _status(tls_mariadb, "tls1") == 3
-    finally:
         assert daemon.stop() == 0
+    finally:
+        if daemon.running:
+            daemon.stop()
 
 
 def test_servers_whose_certificates_another_ca_signed_are_refused_in_one_line_each(

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import threading
 
+from expiryd import liveness
 from expiryd.liveness import Loops
 from expiryd.service.notify import Notifier
 
@@ -61,3 +63,15 @@ def test_the_watchdog_is_ours_only_when_watchdog_pid_is_unset_or_our_pid() -> No
     assert Notifier.from_environ({**usec, "WATCHDOG_PID": "1"}, pid).watchdog_seconds is None
     assert Notifier.from_environ({"WATCHDOG_USEC": "soon"}, pid).watchdog_seconds is None
     assert Notifier.from_environ({"WATCHDOG_USEC": "0"}, pid).watchdog_seconds is None
+
+
+def test_beat_here_beats_the_loop_bound_to_this_thread_and_no_other() -> None:
+    heard: list[float] = []
+    liveness.beat_here()  # no loop bound here: nothing happens
+    liveness.bind(lambda quiet_for=0.0: heard.append(quiet_for), 30)
+    liveness.beat_here()
+    other = threading.Thread(target=liveness.beat_here)
+    other.start()
+    other.join()
+    assert heard == [30]
+    liveness.bind(liveness.no_beat, 0)
