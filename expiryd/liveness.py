@@ -30,25 +30,27 @@ class Loops:
         """How long a loop may go between beats before it counts as stuck."""
         self._clock = clock
         # Written by each loop without a lock (one dict item, atomic under the GIL): the
-        # listener beats once per event.
-        self._due: dict[str, float] = {}
+        # listener beats once per event. name -> (last beat, due by).
+        self._beats: dict[str, tuple[float, float]] = {}
 
     def beat_for(self, name: str) -> Beat:
         """The `beat` of loop `name`, which is watched from its first beat on."""
 
         def beat(quiet_for: float = 0.0) -> None:
-            self._due[name] = self._clock() + self.allowance + quiet_for
+            now = self._clock()
+            self._beats[name] = (now, now + self.allowance + quiet_for)
 
         return beat
 
     def forget(self, name: str) -> None:
         """A loop that ended on purpose is no longer waited for."""
-        self._due.pop(name, None)
+        self._beats.pop(name, None)
 
     def overdue(self) -> dict[str, float]:
-        """Each loop past its due time, with how many seconds past."""
+        """Each loop past its due time, with how long it has been silent (seconds)."""
         now = self._clock()
-        return {name: now - due for name, due in list(self._due.items()) if due < now}
+        beats = list(self._beats.items())
+        return {name: now - last for name, (last, due) in beats if due < now}
 
 
 _bound = threading.local()

@@ -11,7 +11,7 @@ is scrubbed before it is printed.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.connection import parse_url as parse_redis_url
 from sqlalchemy.engine import make_url
@@ -62,9 +62,11 @@ def url_passwords(url: str) -> set[str]:
     found: set[str | None] = set()
     try:
         found.add(parsed_password(url))
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            query = make_url(url).query
-            found.update(str(v) for k, v in query.items() if _SECRET_QUERY.search(f"?{k}="))
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+        else:
+            query = {k: str(v) for k, v in make_url(url).query.items()}
+        found.update(v for k, v in query.items() if _SECRET_QUERY.search(f"?{k}="))
     except Exception:  # an unparseable URL: only the masking above applies
         pass
     userinfo = url.partition("://")[2].rpartition("@")[0]

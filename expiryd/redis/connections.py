@@ -62,6 +62,8 @@ def eviction_problem(client: redis.Redis) -> str | None:
     A server that does not let us read the policy is reported too."""
     try:
         reply: dict[Any, Any] = client.config_get("maxmemory-policy")
+    except redis.exceptions.NoPermissionError:
+        return None  # an ACL user without CONFIG GET: `redis.unverified` says so
     except redis.ResponseError as exc:
         return f"cannot read maxmemory-policy ({exc}); make sure it is noeviction or volatile-*"
     policy = reply.get("maxmemory-policy", reply.get(b"maxmemory-policy", b""))

@@ -8,10 +8,14 @@ import signal
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from expiryd import __version__, config, logs
 from expiryd.errors import ServiceError, UserError
 from expiryd.redact import scrub
+
+if TYPE_CHECKING:
+    from expiryd.service.daemon import Daemon
 
 EXAMPLES = {
     "run": "expiryd run --config /etc/expiryd/expiryd.toml",
@@ -51,11 +55,7 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = config.load(args.config)
     logs.configure(args.log_format, args.log_level)
-    daemon = Daemon(settings, configure_redis=args.configure_redis)
-    code = daemon.run()
-    if daemon.restart:
-        _execute_again()
-    return code
+    return _run_daemon(Daemon(settings, configure_redis=args.configure_redis))
 
 
 def _work(args: argparse.Namespace) -> int:
@@ -63,20 +63,23 @@ def _work(args: argparse.Namespace) -> int:
 
     settings = config.load(args.config)
     logs.configure(args.log_format, args.log_level)
-    daemon = Daemon(settings, listen=False)
-    code = daemon.run()
-    if daemon.restart:
-        _execute_again()
-    return code
+    return _run_daemon(Daemon(settings, listen=False))
 
 
-def _execute_again() -> None:
-    """The same command line in the same process (a SIGHUP reload): the same pid, so
-    systemd and any other supervisor keep following it."""
+def _run_daemon(daemon: Daemon) -> int:
+    """Run it; after a SIGHUP reload, the same command line again in the same process
+    (the same pid, so systemd and any other supervisor keep following it)."""
     from expiryd.service.daemon import RELOAD_BLOCKED_SIGNALS
 
-    sys.stdout.flush()
+    code = daemon.run()
+    # Blocked from here to the new process's handlers. Blocking runs the handlers of
+    # signals that came already, so a stop that came at any time before wins.
     signal.pthread_sigmask(signal.SIG_BLOCK, RELOAD_BLOCKED_SIGNALS)
+    if not daemon.restart:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, RELOAD_BLOCKED_SIGNALS)
+        return code
+    daemon.before_exec()
+    sys.stdout.flush()
     os.execv(sys.executable, sys.orig_argv)
 
 

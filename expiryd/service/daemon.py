@@ -27,7 +27,7 @@ from types import FrameType
 
 import redis
 
-from expiryd import __version__, defaults
+from expiryd import __version__, defaults, liveness
 from expiryd.backoff import Backoff
 from expiryd.config import Config
 from expiryd.config import load as load_config
@@ -50,7 +50,7 @@ from expiryd.redis.listener import Event, Listener
 from expiryd.redis.queue import JobQueue
 from expiryd.redis.sweeper import Sweeper
 from expiryd.service import reload
-from expiryd.service.metrics import Metrics
+from expiryd.service.metrics import Metrics, metrics_address_free
 from expiryd.service.notify import Notifier
 from expiryd.service.pulse import Pulse
 from expiryd.service.report import Reporter
@@ -149,15 +149,14 @@ class Daemon:
         self._reload = threading.Event()
         self._restart_requested = False
         self._stop_signalled = False
-        self.restart = False
-        """Set by `run` when a SIGHUP asked for a restart on a new config and no stop
-        signal came since: the caller then executes expiryd again."""
         self._signal: str | None = None
         self._died: str | None = None
         self._backoff = Backoff.reconnecting(self._beat)
         self._log = get_logger()
 
     def run(self) -> int:
+        # This thread's statements (a reload's check) are progress of the dispatcher loop.
+        liveness.bind(self._beat, self.config.worker.lease_seconds)
         self._check_redis()
         self._install_signal_handlers()
         self._log.info(
@@ -200,7 +199,7 @@ class Daemon:
         self.loops.forget("dispatcher")
         self._log.info("expiryd.stopping", signal=self._signal, in_hand=self._in_hand())
         grace = self.config.worker.grace_seconds
-        reloading = self._restart_requested and not self._stop_signalled
+        reloading = self.restart
         self.notifier.send(
             **(
                 {"RELOADING": 1, "MONOTONIC_USEC": time.monotonic_ns() // 1000}
@@ -213,7 +212,6 @@ class Daemon:
         try:
             return self._shut_down(threads, workers)
         finally:
-            self.restart = self._restart_requested and not self._stop_signalled
             self._pulse_stop.set()
             pulse.join(timeout=defaults.PULSE_JOIN_SECONDS)
             if self.metrics is not None:
@@ -260,7 +258,7 @@ class Daemon:
     def _consider_reload(self) -> None:
         """SIGHUP: restart in place on the config as it is now, if it changed and is sound."""
         path = None if self.config.source == "(defaults)" else self.config.source
-        verdict = reload.judge(self.config, lambda: load_config(path), self._check_handlers)
+        verdict = reload.judge(self.config, lambda: load_config(path), self._check_config)
         log = self._log.info if verdict.restart or not verdict.fields else self._log.error
         log(verdict.event, **verdict.fields)
         if verdict.restart:
@@ -269,13 +267,40 @@ class Daemon:
             self.stop_taking.set()
             self.stop.set()
 
-    def _check_handlers(self, config: Config) -> None:
-        io_timeout = config.worker.lease_seconds * defaults.STATEMENT_SHARE_OF_LEASE
-        engine = make_engine(config.database, io_timeout, config.worker.concurrency)
+    def before_exec(self) -> None:
+        """Just before a reload executes expiryd again: a last WATCHDOG=1, since the new
+        process takes a moment to start its pulse, and no "gone" heartbeat left behind
+        for a daemon that goes on under the same pid."""
+        self.notifier.send(WATCHDOG=1)
+        self.reporter.leave()
+
+    @property
+    def restart(self) -> bool:
+        """Whether a SIGHUP asked for a restart on a new config and no stop signal came
+        since: once `run` returned, the caller blocks the stop signals, asks again, and
+        executes expiryd anew if so."""
+        return self._restart_requested and not self._stop_signalled
+
+    def _check_config(self, config: Config) -> None:
+        """What the new process will need at start, tried now: its Redis, its handlers'
+        tables, its metrics address. A UserError or any other error refuses the reload."""
+        target = RedisTarget.from_url(config.redis.url)
+        client = target.client()
         try:
-            build_handlers(config, engine, self.redis)
+            client.ping()
+            if self.listen:
+                ensure_notifications(target, client, configure=False)
+            io_timeout = config.worker.lease_seconds * defaults.STATEMENT_SHARE_OF_LEASE
+            engine = make_engine(config.database, io_timeout, config.worker.concurrency)
+            try:
+                build_handlers(config, engine, client)
+            finally:
+                engine.dispose()
         finally:
-            engine.dispose()
+            client.close()
+        listen = config.metrics.listen
+        if listen and listen != self.config.metrics.listen:
+            metrics_address_free(*listen)
 
     def _serve_metrics(self) -> None:
         listen = self.config.metrics.listen

@@ -5,6 +5,7 @@ so a scrape never waits on Redis. Every series known in advance starts at 0."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ class Metrics:
         self.registry = registry = CollectorRegistry()
         self.expiries = Counter(
             "expiryd_expiries",
-            "Expiries settled, by route and outcome (one per attempt, as logged).",
+            "Attempts at expiries by route and outcome, one per expiry.handled log line.",
             ["route", "outcome"],
             registry=registry,
         )
@@ -96,3 +97,12 @@ class Metrics:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+def metrics_address_free(host: str, port: int) -> None:
+    """A ServiceError unless the endpoint could listen on (host, port) now."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise ServiceError(f"[metrics] listen {host}:{port}: {exc.strerror}") from None

@@ -44,9 +44,9 @@ class Pulse:
         next_pet = next_report = next_extension = 0.0
         while not self.stop.wait(TICK_SECONDS):
             if not announced and self.ready():
-                self.notifier.send(READY=1)
+                notified = self.notifier.send(READY=1)
                 announced = True
-                self._log.info("expiryd.ready", notified=self.notifier.address is not None)
+                self._log.info("expiryd.ready", notified=notified)
                 next_report = 0.0
             alive = self._check_loops()
             if not announced and alive and time.monotonic() >= next_extension:
@@ -69,7 +69,7 @@ class Pulse:
             self._log.error(
                 "loop.stalled",
                 thread=name,
-                silent_s=round(overdue[name] + self.loops.allowance, 1),
+                silent_s=round(overdue[name], 1),
                 watchdog=self.notifier.watchdog_seconds is not None,
             )
         for name in self._stalled - overdue.keys():

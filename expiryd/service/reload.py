@@ -35,6 +35,8 @@ def judge(current: Config, load: Callable[[], Config], check: Callable[[Config],
         new = load()
     except UserError as exc:
         return Verdict(False, "config.reload_failed", {"error": scrub(str(exc))})
+    except Exception as exc:  # whatever else reading it met: refused all the same
+        return Verdict(False, "config.reload_failed", {"error": describe_error(exc)})
     changed = changed_sections(current, new)
     if not changed:
         return Verdict(False, "config.unchanged", {})

@@ -5,6 +5,7 @@ and gauges wait for the next report."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -61,6 +62,11 @@ class Reporter:
                 self._registry.forget_stale()
         except (redis.RedisError, *CONNECTION_ERRORS):
             pass
+
+    def leave(self) -> None:
+        """Take this daemon's heartbeat out (it executes itself anew, with another id)."""
+        with contextlib.suppress(redis.RedisError, *CONNECTION_ERRORS):
+            self._registry.leave(self.daemon_id)
 
     def summary(self, figures: Figures | None) -> str:
         """subscribed or not; the queue; what was handled and when last."""

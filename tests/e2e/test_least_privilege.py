@@ -17,6 +17,7 @@ from tests.support.servers import MariaDB, RedisServer
 from tests.support.shop import ORDER_ROUTES, create_orders, execute, statuses
 
 SAMPLE = REPO / "redis.conf.sample"
+ACCEPT = '[[routes]]\npattern = "t:{n}"\nhandler = "tests.support.hooks:accept"\n'
 ROUTES = (
     ORDER_ROUTES
     + '[[routes]]\npattern = "order:notify:{order_sn}"\nhandler = "redis.stream"\n'
@@ -174,3 +175,33 @@ def test_the_daemon_runs_with_only_the_readmes_mysql_grant(
     lines = daemon.wait_for_event("expiry.handled", 2)
     assert {line["outcome"] for line in lines} == {"applied"}
     assert statuses(mysql_url) == {"SN1": 3, "SN2": 4}
+
+
+def test_an_expiryd_user_without_config_get_works_and_is_told_it_cannot_check(
+    sample_redis: RedisServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The sample's expiryd user less +config|get, which would show every setting."""
+    (rules,) = [
+        line for line in SAMPLE.read_text().splitlines() if line.startswith("user expiryd ")
+    ]
+    narrower = rules.split()[2:]
+    narrower.remove("+config|get")
+    admin = sample_redis.client()
+    admin.execute_command("ACL", "SETUSER", "expiryd_noconfig", "reset", *narrower)
+    url = f"redis://expiryd_noconfig:{EXPIRYD_PASSWORD}@127.0.0.1:{sample_redis.port}/15"
+    config = write_config(tmp_path / "expiryd.toml", url, sqlite_url, ACCEPT)
+    check = run_cli("check", "--config", str(config))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "not readable by this user (no CONFIG GET)" in check.stdout
+    daemon = DaemonProcess(config, env={"PYTHONPATH": str(REPO)})
+    try:
+        daemon.wait_subscribed()
+        (warning,) = daemon.events("redis.unverified")
+        assert "notify-keyspace-events" in warning["error"]
+        assert not daemon.events("redis.eviction_unsafe")
+        setex(admin, "t:1", 1)
+        daemon.wait_for_event("expiry.handled")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.running:
+            daemon.stop()

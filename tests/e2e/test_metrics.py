@@ -7,13 +7,18 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import StartDaemon, write_config
-from tests.support.daemon import psetex_many, run_cli
+from tests.support.daemon import psetex_many, run_cli, setex
 from tests.support.servers import RedisServer, free_port
 
 ACCEPT = '[[routes]]\npattern = "t:{n}"\nhandler = "tests.support.hooks:accept"\n'
+BOOM = (
+    '[[routes]]\npattern = "boom:{n}"\nhandler = "tests.support.hooks:explode"\n'
+    "retry = { attempts = 1 }\n"
+)
 BURST = 3000
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -94,3 +99,27 @@ def test_a_metrics_listen_that_is_not_host_and_port_is_a_config_error(
     result = run_cli("check", "--config", str(config))
     assert result.returncode != 0
     assert "[metrics] listen: '9308' is not HOST:PORT" in result.stderr
+
+
+@pytest.mark.dead_letters(1)
+def test_the_gauges_follow_the_queue_and_the_loops(
+    start_daemon: StartDaemon, redis_db: RedisServer, sqlite_url: str
+) -> None:
+    port = free_port()
+    body = BOOM + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    daemon = start_daemon(sqlite_url, body)
+    daemon.wait_for_event("expiryd.ready")
+    setex(redis_db.client(), "boom:1", 1)
+    daemon.wait_for_event("expiry.handled")
+    deadline = time.monotonic() + 20  # the gauges are set every few seconds
+    while value(scrape(port), "expiryd_jobs", state="dead") != 1:
+        assert time.monotonic() < deadline, "expiryd_jobs{state=dead} never reached 1"
+        time.sleep(0.5)
+    samples = scrape(port)
+    assert value(samples, "expiryd_expiries_total", route="boom:{n}", outcome="dead") == 1
+    assert value(samples, "expiryd_ledger_keys") == 0
+    assert value(samples, "expiryd_last_heartbeat_timestamp_seconds") > time.time() - 30
+
+    redis_db.client().client_kill_filter(_type="pubsub")  # the listener loses Redis...
+    daemon.wait_subscribed(2)  # ...and subscribes again
+    assert value(scrape(port), "expiryd_redis_reconnects_total") == 1

@@ -4,6 +4,7 @@ a wrong one is refused in one line and the daemon goes on as it was."""
 from __future__ import annotations
 
 import signal
+import socket
 import uuid
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from tests.e2e.conftest import StartDaemon
 from tests.support.daemon import DaemonProcess, psetex_many, setex
 from tests.support.hooks import CALLS_TABLE
 from tests.support.notify import NotifySocket
-from tests.support.servers import RedisServer
+from tests.support.servers import RedisServer, free_port
 from tests.support.shop import ORDER_ROUTES, create_orders, execute, statuses
 
 RECORD = '[[routes]]\npattern = "r:{n}"\nhandler = "tests.support.hooks:record_call"\n'
@@ -116,6 +117,27 @@ def test_a_config_that_does_not_load_or_moves_the_queue_is_refused_and_work_goes
     (refused,) = daemon.wait_for_event("config.reload_refused")
     assert "prefix" in refused["error"]
 
+    daemon.config.write_bytes(good.encode() + b"\n# caf\xe9\n")  # Latin-1, not UTF-8
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for_event("config.reload_failed", 2)
+    assert "not UTF-8" in daemon.events("config.reload_failed")[1]["error"]
+
+    # Sound as a file, but its Redis refuses the new credentials, or its metrics port is taken.
+    stranger = good.replace("redis://127.0.0.1", "redis://nobody:wrong-pw@127.0.0.1", 1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for count, text in enumerate(
+            (stranger, good + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'), start=3
+        ):
+            daemon.config.write_text(text)
+            daemon.process.send_signal(signal.SIGHUP)
+            daemon.wait_for_event("config.reload_failed", count)
+    errors = [line["error"] for line in daemon.events("config.reload_failed")[2:]]
+    assert "wrong-pw" not in errors[0] and "AuthenticationError" in errors[0]
+    assert "Address already in use" in errors[1]
+
     daemon.config.write_text(good)
     daemon.process.send_signal(signal.SIGHUP)
     daemon.wait_for_event("config.unchanged")
@@ -124,3 +146,22 @@ def test_a_config_that_does_not_load_or_moves_the_queue_is_refused_and_work_goes
     daemon.wait_for_event("expiry.handled")
     assert statuses(sqlite_url)["SN1"] == 3
     assert len(daemon.events("expiryd.started")) == 1
+
+
+def test_a_stop_right_after_a_reload_stopped_the_daemon_is_not_lost(
+    start_daemon: StartDaemon, redis_db: RedisServer, sqlite_url: str
+) -> None:
+    """The last moments before the exec (the metrics server closing): a SIGTERM there
+    must stop expiryd, not be swallowed by the process about to be replaced."""
+    body = RECORD + f'[metrics]\nlisten = "127.0.0.1:{free_port()}"\n'
+    execute(sqlite_url, CALLS_TABLE)
+    daemon = start_daemon(sqlite_url, body, env={"HOOK_DATABASE_URL": sqlite_url})
+    assert daemon.config is not None
+    daemon.config.write_text(daemon.config.read_text() + "\n[worker]\nconcurrency = 1\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for_event("expiryd.stopped")
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(20) == 0
+    # Either it never executed itself again, or the new process took the stop at once.
+    if len(daemon.events("expiryd.started")) == 2:
+        assert daemon.events("expiryd.stopping")[-1]["signal"] == "SIGTERM"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import REPO, StartDaemon
-from tests.support.daemon import setex
+from tests.support.daemon import psetex_many, setex
 from tests.support.notify import Message, NotifySocket
 from tests.support.servers import RedisServer
 from tests.support.shop import create_orders, statuses
@@ -195,3 +195,30 @@ def test_the_daemon_runs_under_the_units_syscall_filter_and_write_xor_execute(
     assert statuses(mysql_url) == {"SN1": 3}
     assert daemon.stop() == 0
     assert "Traceback" not in daemon.stderr
+
+
+SLEEPY = (
+    '[[routes]]\npattern = "sleepy:{n}"\nhandler = "sql"\n'
+    'sql = "SELECT SLEEP(0.4) FROM DUAL WHERE :n IS NOT NULL"\n'
+)
+
+
+@pytest.mark.mysql
+def test_a_long_group_of_quick_statements_is_not_taken_for_a_stuck_one(
+    start_daemon: StartDaemon, redis_db: RedisServer, mysql_url: str, notify_address: str
+) -> None:
+    """Ten statements of 0.4 s in one group: 4 s, past the 1 s lease plus the 2 s
+    watchdog. Each statement is progress, so no loop counts as stalled."""
+    body = SLEEPY + "[worker]\nlease_seconds = 1\nconcurrency = 1\n"
+    notify = NotifySocket(notify_address)
+    try:
+        daemon = start_daemon(mysql_url, body, env=_systemd_env(notify_address))
+        ready = notify.wait_for("READY", "1")
+        psetex_many(redis_db.client(), [f"sleepy:{n}" for n in range(10)], 500)
+        lines = daemon.wait_for_event("expiry.handled", 10, timeout=40)
+        assert {line["outcome"] for line in lines} == {"applied"}
+        assert not daemon.events("loop.stalled")
+        pings = [m for m in notify.with_field("WATCHDOG") if m.at > ready.at]
+        assert max(_gaps(pings)) < WATCHDOG_SECONDS
+    finally:
+        notify.close()

@@ -98,3 +98,18 @@ def test_servers_whose_certificates_another_ca_signed_are_refused_in_one_line_ea
     failures = [line for line in result.stdout.splitlines() if "certificate verify failed" in line]
     assert len(failures) == 2, result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_certificate_for_another_host_is_refused(tmp_path: Path, sqlite_url: str) -> None:
+    """Signed by the CA expiryd trusts, but for another name than the one it dials."""
+    elsewhere = make_certs(tmp_path / "elsewhere", names="DNS:redis.elsewhere.invalid")
+    server = RedisServer(tmp_path / "redis", tls=elsewhere)
+    server.start()
+    try:
+        config = write_config(tmp_path / "expiryd.toml", server.url(), sqlite_url, ORDER_ROUTES)
+        result = run_cli("check", "--config", str(config))
+    finally:
+        server.stop()
+    assert result.returncode == 1
+    (failure,) = [line for line in result.stdout.splitlines() if "Redis at" in line]
+    assert "mismatch" in failure or "doesn't match" in failure, failure

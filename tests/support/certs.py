@@ -17,13 +17,14 @@ class Certs:
     key: Path
 
 
-def make_certs(directory: Path) -> Certs:
+def make_certs(directory: Path, names: str = "IP:127.0.0.1,DNS:localhost") -> Certs:
+    """A CA, and a certificate it signed for `names` (a subjectAltName value)."""
     directory.mkdir(parents=True, exist_ok=True)
     openssl = require("openssl")
     ca, ca_key = directory / "ca.pem", directory / "ca.key"
     cert, key = directory / "server.pem", directory / "server.key"
     request, extensions = directory / "server.csr", directory / "server.ext"
-    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    extensions.write_text(f"subjectAltName={names}\n")
     new_key = ("-newkey", "rsa:2048", "-nodes", "-days", "2")
     signed_by = ("-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2")
     for command in (
