@@ -26,6 +26,7 @@ from collections.abc import Callable
 from types import FrameType
 
 import redis
+from sqlalchemy import Engine
 
 from expiryd import __version__, defaults, liveness
 from expiryd.backoff import Backoff
@@ -71,9 +72,7 @@ class Daemon:
         self.listen = listen
         self.target = RedisTarget.from_url(config.redis.url)
         keyspace = Keyspace(config.redis.prefix, self.target.db)
-        # A statement ends before the lease it runs under can lapse.
-        io_timeout = config.worker.lease_seconds * defaults.STATEMENT_SHARE_OF_LEASE
-        self.engine = make_engine(config.database, io_timeout, config.worker.concurrency)
+        self.engine = _engine_for(config)
         self.redis = self.target.client()
         handlers = build_handlers(config, self.engine, self.redis)
         self.stop = threading.Event()
@@ -290,8 +289,7 @@ class Daemon:
             client.ping()
             if self.listen:
                 ensure_notifications(target, client, configure=False)
-            io_timeout = config.worker.lease_seconds * defaults.STATEMENT_SHARE_OF_LEASE
-            engine = make_engine(config.database, io_timeout, config.worker.concurrency)
+            engine = _engine_for(config)
             try:
                 build_handlers(config, engine, client)
             finally:
@@ -436,6 +434,12 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda _signum, _frame: self._reload.set())
         # Blocked across a reload's exec (see cli): what came meanwhile is delivered now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, RELOAD_BLOCKED_SIGNALS)
+
+
+def _engine_for(config: Config) -> Engine:
+    """The workers' engine: a statement ends before the lease it runs under can lapse."""
+    io_timeout = config.worker.lease_seconds * defaults.STATEMENT_SHARE_OF_LEASE
+    return make_engine(config.database, io_timeout, config.worker.concurrency)
 
 
 def _left(deadline: float) -> float:

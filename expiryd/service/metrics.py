@@ -91,7 +91,7 @@ class Metrics:
         try:
             self._server, _ = start_http_server(port, host, self.registry)
         except OSError as exc:
-            raise ServiceError(f"[metrics] listen {host}:{port}: {exc.strerror}") from None
+            raise _cannot_listen(host, port, exc) from None
 
     def close(self) -> None:
         if self._server is not None:
@@ -105,4 +105,8 @@ def metrics_address_free(host: str, port: int) -> None:
         with socket.create_server((host, port)):
             pass
     except OSError as exc:
-        raise ServiceError(f"[metrics] listen {host}:{port}: {exc.strerror}") from None
+        raise _cannot_listen(host, port, exc) from None
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> ServiceError:
+    return ServiceError(f"[metrics] listen {host}:{port}: {exc.strerror}")

@@ -55,15 +55,10 @@ def judge(current: Config, load: Callable[[], Config], check: Callable[[Config],
 
 
 def changed_sections(current: Config, new: Config) -> list[str]:
-    """The settings that differ, route options included."""
+    """The settings that differ, route options included (`asdict` keeps every field,
+    also those left out of the dataclasses' equality)."""
     before, after = dataclasses.asdict(current), dataclasses.asdict(new)
-    before["routes"] = [_route(r) for r in current.routes]
-    after["routes"] = [_route(r) for r in new.routes]
     return sorted(name for name in after if name != "source" and after[name] != before[name])
-
-
-def _route(route: Any) -> dict[str, Any]:
-    return {**dataclasses.asdict(route), "options": route.options}
 
 
 def _moved_state(current: Config, new: Config) -> str | None:
