@@ -150,3 +150,12 @@ HEARTBEAT_LIFE_SECONDS = 15.0
 PULSE_JOIN_SECONDS = 10.0
 """At exit, how long the pulse may take for its last report (its Redis calls give up
 after a second each)."""
+
+RECONNECT_INTERVAL_SECONDS = 0.1
+"""While Redis is away (refusing connections, restarting, loading its data), how often
+the listener tries again: a refused connection costs next to nothing, and the listener
+is back within this long of Redis answering, so the keys it can miss are only those set
+and due inside Redis's own outage. Failures a quick retry will not mend (a password or
+TLS certificate refused, missing notification flags, a bug) wait out the reconnect
+backoff instead, and an outage's `redis.disconnected` lines are spaced out by that
+backoff rather than written at every attempt."""

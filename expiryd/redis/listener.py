@@ -1,17 +1,22 @@
 """The pub/sub subscriber: keyevent notifications and sweep markers in, `Event`s out.
 
 redis-py would reconnect a pub/sub connection silently; expiryd's clients raise instead,
-so every drop is logged, waited out with backoff, and followed by a logged resubscribe
-that the ledger answers with a fresh scan.
+so every drop is logged and followed by a logged resubscribe that the ledger answers with
+a fresh scan. Keys set and due while the listener is away are never heard of, so while
+Redis is merely away it is tried again every `RECONNECT_INTERVAL_SECONDS`; a failure that
+a quick retry will not mend is waited out with backoff.
 """
 
 from __future__ import annotations
 
 import enum
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import redis
 
 from expiryd import defaults
 from expiryd.backoff import Backoff
@@ -31,6 +36,25 @@ _KEEPALIVE = {
     if option is not None
 }
 """A peer that vanished without closing the connection is noticed within about 30 s."""
+
+
+def retry_soon(exc: BaseException) -> bool:
+    """Whether a lost or refused connection is worth trying again in a moment: Redis is
+    away (stopped, restarting, loading its data, full, cut off), not turning us away."""
+    if not isinstance(exc, CONNECTION_ERRORS):
+        return False
+    # redis-py wraps the socket's error (a TLS one included) in its own ConnectionError.
+    underlying = exc.__cause__ or exc.__context__
+    return not (_turned_away(exc) or _turned_away(underlying))
+
+
+def _turned_away(exc: BaseException | None) -> bool:
+    """Refused by a Redis that answered: a wrong password or ACL user, a TLS certificate
+    or protocol it rejects. Trying again soon changes nothing."""
+    if isinstance(exc, ssl.SSLError):
+        # A TLS connection that ended is a drop like any other.
+        return not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
+    return isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError)
 
 
 class Kind(enum.Enum):
@@ -90,7 +114,7 @@ class Listener:
             try:
                 self._listen()
             except CONNECTION_ERRORS as exc:
-                self._wait_after("redis.disconnected", describe_error(exc))
+                self._reconnect_after(exc)
             except ServiceError as exc:
                 self._wait_after("redis.misconfigured", str(exc))
             except Exception as exc:  # a bug must not end listening for good
@@ -132,6 +156,18 @@ class Listener:
                 self.subscribed.set()
                 self._log.info("listener.subscribed", resubscribe=self.subscriptions > 1)
                 self.on_subscribed()
+
+    def _reconnect_after(self, exc: Exception) -> None:
+        if not retry_soon(exc):
+            self._wait_after("redis.disconnected", describe_error(exc))
+            return
+        self._backoff.wait_steadily_after(
+            self.stop,
+            self._log,
+            "redis.disconnected",
+            describe_error(exc),
+            defaults.RECONNECT_INTERVAL_SECONDS,
+        )
 
     def _wait_after(self, event: str, error: str, exc_info: bool = False) -> None:
         self._backoff.wait_after(self.stop, self._log, event, error, exc_info)

@@ -33,6 +33,10 @@ class Heartbeat:
     """route -> outcome -> count, since the daemon started."""
     last_handled: float | None = None
     last_problem: dict[str, Any] | None = None
+    """The last line the daemon logged at warning level or worse."""
+    stalled: dict[str, float] = field(default_factory=dict)
+    """loop -> seconds silent, for each of the daemon's loops overdue at this beat (none in
+    a heartbeat written before it was added)."""
 
     def alive(self, now: float) -> bool:
         return self.alive_until > now

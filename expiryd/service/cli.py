@@ -232,7 +232,8 @@ def _parser() -> argparse.ArgumentParser:
         "status",
         _status,
         common,
-        "The daemons, the ledger and the queue on one screen; exit 0 if a daemon listens.",
+        "The daemons, the ledger and the queue on one screen; exit 0 if a daemon listens "
+        "and no loop is stalled.",
     )
     status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
 

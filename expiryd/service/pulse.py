@@ -2,7 +2,8 @@
 (READY=1), and that it is still alive while all its loops keep moving (WATCHDOG=1); and
 every few seconds has the daemon report how it is doing (systemd's STATUS=, the heartbeat
 that `expiryd status` reads). A loop that stops moving is logged as `loop.stalled`, with
-or without systemd; under systemd's watchdog the daemon is then restarted.
+or without systemd, and reported at once (the heartbeat names it, and `expiryd status`
+is then not healthy); under systemd's watchdog the daemon is then restarted.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ class Pulse:
                 announced = True
                 self._log.info("expiryd.ready", notified=notified)
                 next_report = 0.0
+            stalled = self._stalled
             alive = self._check_loops()
+            if self._stalled != stalled:
+                next_report = 0.0  # a loop stalled or resumed: `expiryd status` hears it now
             if not announced and alive and time.monotonic() >= next_extension:
                 # Still starting (the first scan of a large DB), and moving: more time.
                 self.notifier.send(EXTEND_TIMEOUT_USEC=int(START_EXTENSION_SECONDS * 1e6))

@@ -100,6 +100,7 @@ class Reporter:
             handled=handled,
             last_handled=self.tally.last_handled,
             last_problem=last_problem(),
+            stalled={name: round(silent, 1) for name, silent in self.loops.overdue().items()},
         )
 
     def _set_gauges(self, metrics: Metrics, figures: Figures) -> None:

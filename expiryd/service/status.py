@@ -1,7 +1,8 @@
 """`expiryd status`: one screen on the daemons, the ledger and the queue, read from Redis.
 
-Healthy (exit 0) when at least one `run` daemon is alive and subscribed: then every
-expiry of the watched DB is heard. Otherwise exit 1, whatever else the screen says.
+Healthy (exit 0) when at least one `run` daemon is alive and subscribed, and no alive
+daemon has a loop that stopped turning: then every expiry of the watched DB is heard, and
+no expiry waits on a stuck thread. Otherwise exit 1, whatever else the screen says.
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ class Deadline:
 
 
 @dataclass(frozen=True)
+class Stall:
+    """A loop of an alive daemon that stopped turning, as its last heartbeat said."""
+
+    host: str
+    pid: int
+    daemon: str
+    loop: str
+    silent_s: float
+
+
+@dataclass(frozen=True)
 class Figures:
     """The ledger and the queue as Redis holds them now."""
 
@@ -47,12 +59,27 @@ class Report(Figures):
         return [d for d in self.daemons if d.alive(self.now)]
 
     @property
-    def healthy(self) -> bool:
+    def subscribed(self) -> bool:
+        """Whether some alive `run` daemon hears the watched DB's expiries."""
         return any(d.mode == "run" and d.subscribed for d in self.alive)
+
+    @property
+    def stalls(self) -> list[Stall]:
+        """Each loop an alive daemon said has stopped turning."""
+        return [
+            Stall(d.host, d.pid, d.daemon, loop, silent)
+            for d in self.alive
+            for loop, silent in sorted(d.stalled.items())
+        ]
+
+    @property
+    def healthy(self) -> bool:
+        return self.subscribed and not self.stalls
 
     def as_json(self) -> dict[str, Any]:
         return {
             "healthy": self.healthy,
+            "stalls": [asdict(s) for s in self.stalls],
             "daemons": [{**asdict(d), "alive": d.alive(self.now)} for d in self.daemons],
             "ledger_keys": self.ledger_keys,
             "next_deadlines": [asdict(d) for d in self.next_deadlines],
@@ -93,9 +120,11 @@ def read_figures(client: redis.Redis, keyspace: Keyspace) -> Figures:
 
 
 def render(report: Report) -> list[str]:
-    verdict = "healthy" if report.healthy else "NOT HEALTHY: no live daemon is subscribed"
-    lines = [f"expiryd: {verdict}", "", "daemons:"]
-    lines += [_daemon_line(d, report.now) for d in report.daemons] or ["  none has run"]
+    lines = [f"expiryd: {_verdict(report)}", "", "daemons:"]
+    for daemon in report.daemons:
+        lines += [_daemon_line(daemon, report.now), *_stalled_lines(daemon, report.now)]
+    if not report.daemons:
+        lines.append("  none has run")
     for daemon in report.alive:
         lines += _handled_lines(daemon)
     jobs = report.jobs
@@ -111,6 +140,18 @@ def render(report: Report) -> list[str]:
     return lines
 
 
+def _verdict(report: Report) -> str:
+    if report.healthy:
+        return "healthy"
+    reasons = [] if report.subscribed else ["no live daemon is subscribed"]
+    reasons += [
+        f"{escape_text(s.loop)} stalled in pid {s.pid} on {escape_text(s.host)}, "
+        f"silent {_span(s.silent_s)}"
+        for s in report.stalls
+    ]
+    return f"NOT HEALTHY: {'; '.join(reasons)}"
+
+
 def _daemon_line(daemon: Heartbeat, now: float) -> str:
     if daemon.alive(now):
         state = "subscribed" if daemon.subscribed else "alive, NOT subscribed"
@@ -124,6 +165,19 @@ def _daemon_line(daemon: Heartbeat, now: float) -> str:
         f"  {escape_text(daemon.host)} pid {daemon.pid}  v{escape_text(daemon.version)}  "
         f"{daemon.mode}  {state}, up {up}, {seen}"
     )
+
+
+def _stalled_lines(daemon: Heartbeat, now: float) -> list[str]:
+    """The loops its last heartbeat found silent; a gone daemon's, as what it last said
+    (one the watchdog restarted, say)."""
+    if not daemon.stalled:
+        return []
+    label = "STALLED" if daemon.alive(now) else "stalled when last seen"
+    loops = ", ".join(
+        f"{escape_text(loop)} silent {_span(silent)}"
+        for loop, silent in sorted(daemon.stalled.items())
+    )
+    return [f"    {label}: {loops}"]
 
 
 def _handled_lines(daemon: Heartbeat) -> list[str]:

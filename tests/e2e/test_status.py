@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import StartDaemon, write_config
+from tests.e2e.test_metrics import scrape, value
 from tests.support.daemon import DaemonProcess, run_cli, setex
-from tests.support.servers import RedisServer
+from tests.support.notify import NotifySocket
+from tests.support.servers import RedisServer, free_port
 
 ACCEPT = '[[routes]]\npattern = "t:{n}"\nhandler = "tests.support.hooks:accept"\n'
+HANG = '[[routes]]\npattern = "hang:{n}"\nhandler = "tests.support.hooks:hang_until_released"\n'
+WORK_LEASE = "[worker]\nlease_seconds = 2\nconcurrency = 1\n"
+WATCHDOG_SECONDS = 2
+"""systemd's watchdog interval, which is then how long a loop may be silent: a hung
+handler counts as stalled after its lease plus this, not after defaults.STALL_SECONDS."""
 
 
 def status(daemon: DaemonProcess) -> tuple[int, dict[str, Any]]:
@@ -28,6 +38,20 @@ def wait_for_status(daemon: DaemonProcess, handled: int) -> dict[str, Any]:
         counts = [n for d in report["daemons"] for o in d["handled"].values() for n in o.values()]
         if sum(counts) >= handled or time.monotonic() > deadline:
             return {"exit": code, **report}
+        time.sleep(0.5)
+
+
+def wait_for_report(
+    daemon: DaemonProcess, what: str, predicate: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The first `status --json` for which `predicate` holds, with its exit code."""
+    deadline = time.monotonic() + 20
+    while True:
+        code, report = status(daemon)
+        report = {"exit": code, **report}
+        if predicate(report):
+            return report
+        assert time.monotonic() < deadline, f"no status {what} within 20s: {report}"
         time.sleep(0.5)
 
 
@@ -90,3 +114,62 @@ def test_status_with_redis_out_of_reach_says_so_in_one_line(
     assert result.returncode != 0 and result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith("expiryd: error: Redis at redis://") and "hunter2" not in line
+
+
+def test_a_stalled_loop_makes_status_not_healthy_until_it_turns_again(
+    start_daemon: StartDaemon, redis_db: RedisServer, sqlite_url: str, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    port = free_port()
+    address = f"@expiryd-test-{uuid.uuid4().hex}"
+    notify = NotifySocket(address)
+    try:
+        body = HANG + WORK_LEASE + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        env = {
+            "NOTIFY_SOCKET": address,
+            "WATCHDOG_USEC": str(WATCHDOG_SECONDS * 1_000_000),
+            "HOOK_RELEASE": str(release),
+        }
+        daemon = start_daemon(sqlite_url, body, env=env)
+        wait_for_report(daemon, "healthy", lambda r: r["exit"] == 0)
+        assert value(scrape(port), "expiryd_up") == 1
+
+        setex(redis_db.client(), "hang:1", 1)
+        daemon.wait_for_event("loop.stalled", timeout=20)
+        # The handler runs on past lease after lease, each time a `batch.slow`: a later
+        # problem than the stall, which must not hide it.
+        stalled = wait_for_report(
+            daemon,
+            "with the stall and a batch.slow after it",
+            lambda r: r["exit"] == 1 and _last_problem(r) == "batch.slow",
+        )
+        assert stalled["healthy"] is False
+        (stall,) = stalled["stalls"]
+        assert (stall["host"], stall["pid"]) == (socket.gethostname(), daemon.process.pid)
+        assert stall["loop"] == "worker-1" and stall["silent_s"] > WATCHDOG_SECONDS
+        assert stalled["daemons"][0]["stalled"] == {"worker-1": stall["silent_s"]}
+        assert value(scrape(port), "expiryd_up") == 0
+        screen = run_cli("status", "--config", str(daemon.config))
+        assert screen.returncode == 1
+        verdict = screen.stdout.splitlines()[0]
+        assert verdict.startswith("expiryd: NOT HEALTHY") and "worker-1" in verdict
+        assert f"pid {daemon.process.pid}" in verdict
+        assert "STALLED: worker-1 silent" in screen.stdout
+        assert "last problem: batch.slow" in screen.stdout
+
+        release.touch()
+        daemon.wait_for_event("loop.resumed")
+        resumed = wait_for_report(daemon, "healthy again", lambda r: r["exit"] == 0)
+        assert resumed["healthy"] is True and resumed["stalls"] == []
+        assert value(scrape(port), "expiryd_up") == 1
+        screen = run_cli("status", "--config", str(daemon.config))
+        assert screen.returncode == 0 and screen.stdout.startswith("expiryd: healthy\n")
+        assert "STALLED" not in screen.stdout
+    finally:
+        release.touch()  # a failed check must not leave the handler hanging for a minute
+        notify.close()
+
+
+def _last_problem(report: dict[str, Any]) -> str | None:
+    (daemon,) = report["daemons"]
+    return (daemon["last_problem"] or {}).get("event")
