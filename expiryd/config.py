@@ -54,6 +54,8 @@ class DatabaseSettings:
     pool: str = defaults.DATABASE_POOL
     tls: str = defaults.DATABASE_TLS
     tls_ca: str | None = None
+    inbox: bool = defaults.INBOX
+    inbox_table: str = defaults.INBOX_TABLE
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,7 @@ def _check_prefix(section: _Section, prefix: str, routes: tuple[Route, ...]) -> 
 def _parse_database(
     section: _Section, environ: Mapping[str, str], credentials: Mapping[str, str]
 ) -> DatabaseSettings:
-    section.only("url", "pool", "tls", "tls_ca")
+    section.only("url", "pool", "tls", "tls_ca", "inbox", "inbox_table")
     found = {**credentials, **{k: v for k, v in environ.items() if k == ENV_DATABASE_URL}}
     url = _url(section, ENV_DATABASE_URL, CREDENTIAL_DATABASE_URL, found, defaults.DATABASE_URL)
     return DatabaseSettings(
@@ -288,6 +290,8 @@ def _parse_database(
         pool=section.choice("pool", POOLS, defaults.DATABASE_POOL),
         tls=section.choice("tls", TLS_MODES, defaults.DATABASE_TLS),
         tls_ca=section.get("tls_ca", str, None),
+        inbox=section.get("inbox", bool, defaults.INBOX),
+        inbox_table=_identifier(section, "inbox_table", defaults.INBOX_TABLE),
     )
 
 

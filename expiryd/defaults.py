@@ -159,3 +159,26 @@ and due inside Redis's own outage. Failures a quick retry will not mend (a passw
 TLS certificate refused, missing notification flags, a bug) wait out the reconnect
 backoff instead, and an outage's `redis.disconnected` lines are spaced out by that
 backoff rather than written at every attempt."""
+
+INBOX = True
+"""Record each expiry a database handler settles in the inbox table, in the same
+transaction as its work, so that a COMMIT whose reply was lost is never run again."""
+
+INBOX_TABLE = "expiryd_applied"
+
+INBOX_KEEP_SECONDS = 7 * 24 * 3600
+"""How long the inbox keeps an id: a retry looks for it there, and the longest a retry
+can come after its commit (every attempt's backoff, a lease or two, a week-long outage
+of the workers) is far shorter."""
+
+INBOX_PRUNE_SECONDS = 60.0
+"""How often one process deletes ids past their keeping time."""
+
+INBOX_PRUNE_CHUNKS = 100
+"""At most this many chunks of ids deleted per prune, each in its own short transaction,
+so one prune never holds the table for long; the next takes the rest."""
+
+REQUEUE_LAPSED_SECONDS = 1.0
+"""How often, at most, each process that takes jobs (`run` or `work`) hands out again the
+jobs whose worker's lease lapsed: one short script, so that a killed worker's jobs are
+taken up by whichever process is left."""

@@ -27,7 +27,7 @@ HANDLED_FIELDS = frozenset(
     {
         "key", "route", "handler", "expiry_id", "attempt", "deadline", "lateness_ms",
         "recovered", "source", "outcome", "rows", "duration_ms", "reason", "error",
-        "retry_in_s", "log_error", "value",
+        "retry_in_s", "log_error", "value", "committed_by_attempt",
     }
 )  # fmt: skip
 """The fields of an `expiry.handled` line besides a route's own."""

@@ -23,6 +23,9 @@ class Outcome(enum.StrEnum):
 class Result:
     outcome: Outcome
     rows: int | None = None
+    committed_by_attempt: int | None = None
+    """Set when an earlier attempt committed this result and its COMMIT's reply was lost:
+    this attempt found it in the inbox and ran nothing."""
 
     @classmethod
     def from_rows(cls, rows: int | None) -> Result:

@@ -364,6 +364,8 @@ class Worker:
             "duration_ms": round(duration_ms, 3),
             **ruling.fields,
         }
+        if ruling.result.committed_by_attempt is not None:
+            fields["committed_by_attempt"] = ruling.result.committed_by_attempt
         try:
             log("expiry.handled", **fields)
         except Exception as exc:  # never lose the line: write what is sure to fit

@@ -4,23 +4,28 @@ a `from` status. An order paid meanwhile is left alone and the expiry counts as 
 A group of expiries is one transaction of set-based statements: lock the orders that are
 still in a `from` status, skipping those another transaction holds (a payment in
 progress), change the locked ones, and find which of the rest are held. Those held are
-`Busy`: tried again shortly without using up an attempt, while the others commit."""
+`Busy`: tried again shortly without using up an attempt, while the others commit.
+
+Keys are matched to rows as the database matches them: a key the changed rows do not
+hold exactly (`sn5` for `SN5` under a case-insensitive collation, trailing spaces, a
+DECIMAL column) is looked up by the database itself before it is called skipped."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, Table, select, update
+from sqlalchemy import Column, Connection, Engine, Table, literal, select, union_all, update
 
 from expiryd import defaults
 from expiryd.config import OrdersSettings, StatusChange
 from expiryd.database.engine import reflect_table, skips_locked_rows
+from expiryd.database.inbox import Inbox
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
-from expiryd.handlers import Outcome, one_by_one, run_one
+from expiryd.handlers import Outcome
+from expiryd.handlers.transactional import Transactional
 from expiryd.outcomes import Outcome as Kind
 from expiryd.outcomes import Result
 from expiryd.retries import Busy
@@ -61,7 +66,7 @@ class OrderTable:
 
 
 @dataclass(frozen=True)
-class OrderTransition:
+class OrderTransition(Transactional):
     engine: Engine
     table: Table
     key: Column[Any]
@@ -71,67 +76,83 @@ class OrderTransition:
     key_type: type | None
     skip_locked: bool
     """The server can skip rows other transactions hold (MariaDB >= 10.6, MySQL >= 8.0)."""
+    inbox: Inbox | None
 
-    def __call__(self, expiry: Expiry) -> Result:
-        return run_one(self, expiry)
-
-    def run_many(self, expiries: Sequence[Expiry]) -> list[Outcome]:
+    def work(self, connection: Connection, expiries: list[Expiry]) -> list[Outcome]:
         numbers = [coerce(e.fields[defaults.ORDER_FIELD], self.key_type) for e in expiries]
         wanted = {number for number in numbers if number is not None}
-        try:
-            with self._connect() as connection, connection.begin():
-                changed, held = self._change(connection, wanted) if wanted else (set(), set())
-        except Exception:
-            if len(expiries) == 1:
-                raise
-            # One order's trouble (a deadlock, a value the column refuses): each on its own.
-            return one_by_one(self, expiries)
-        return _outcomes(numbers, changed, held)
+        locked = self._change(connection, wanted) if wanted else set()
+        unsure = {n for n in wanted if n not in locked}
+        rows = self._rows_matching(connection, unsure) if unsure else {}
+        return _outcomes(numbers, locked, rows)
 
-    def _connect(self) -> Connection:
-        connection = self.engine.connect()
-        if self.skip_locked:
-            # READ COMMITTED: the UPDATE neither locks nor waits for rows it does not
-            # change, such as an order a payment in progress holds.
-            connection = connection.execution_options(isolation_level="READ COMMITTED")
-        return connection
-
-    def _change(self, connection: Connection, wanted: set[Any]) -> tuple[set[Any], set[Any]]:
-        """Change every wanted order still in a `from` status; the orders changed, and
-        those still in a `from` status that another transaction holds."""
+    def _change(self, connection: Connection, wanted: set[Any]) -> set[Any]:
+        """Lock and change every wanted order still in a `from` status, skipping those
+        another transaction holds; the keys of the rows changed, as the database holds
+        them (`sn5` may have changed `SN5`)."""
         due = select(self.key).where(self.key.in_(wanted), self.status.in_(self.sources))
         locking = due.with_for_update(skip_locked=self.skip_locked)
-        changed = set(connection.execute(locking).scalars())
-        if changed:
+        locked = set(connection.execute(locking).scalars())
+        if locked:
             statement = (
                 update(self.table)
-                .where(self.key.in_(changed), self.status.in_(self.sources))
+                .where(self.key.in_(locked), self.status.in_(self.sources))
                 .values({self.status: self.target})
             )
             connection.execute(statement)
-        rest = wanted - changed
-        if not (self.skip_locked and rest):
-            return changed, set()
-        held = set(connection.execute(due.where(self.key.in_(rest))).scalars())
-        return changed, held
+        return locked
+
+    def _rows_matching(self, connection: Connection, numbers: set[Any]) -> dict[Any, list[Row]]:
+        """For each number not found as such among the changed keys, the rows the
+        database matches to it (its collation decides: case, trailing spaces, DECIMAL),
+        each with whether it is still in a `from` status."""
+        ordered = list(numbers)
+        found: dict[Any, list[Row]] = {n: [] for n in ordered}
+        for start in range(0, len(ordered), MATCH_CHUNK):
+            chunk = ordered[start : start + MATCH_CHUNK]
+            lookups = [
+                select(literal(start + i), self.key, self.status.in_(self.sources)).where(
+                    self.key == number
+                )
+                for i, number in enumerate(chunk)
+            ]
+            query = lookups[0] if len(lookups) == 1 else union_all(*lookups)
+            for index, key, due in connection.execute(query):
+                found[ordered[index]].append(Row(key, bool(due)))
+        return found
 
 
-def _outcomes(numbers: list[Any], changed: set[Any], held: set[Any]) -> list[Outcome]:
-    """One outcome per expiry; an order named twice in a group is changed by the first."""
+MATCH_CHUNK = 400
+"""Lookups per UNION ALL statement (SQLite allows 500 terms)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    key: Any
+    due: bool
+    """Still in a `from` status after this transaction's change: another holds it."""
+
+
+def _outcomes(numbers: list[Any], locked: set[Any], unsure: dict[Any, list[Row]]) -> list[Outcome]:
+    """One outcome per expiry: applied if a row it names was changed and not yet credited
+    to an earlier expiry of the group (an order named twice is changed once), Busy if a
+    row it names is held by another transaction, else skipped."""
     outcomes: list[Outcome] = []
-    seen: set[Any] = set()
+    credited: set[Any] = set()
     for number in numbers:
-        if number in held:
-            outcomes.append(Busy("the order's row is locked by another transaction"))
-        elif number in changed and number not in seen:
+        rows = [Row(number, False)] if number in locked else unsure.get(number, [])
+        mine = [row.key for row in rows if row.key in locked and row.key not in credited]
+        if mine:
+            credited.add(mine[0])
             outcomes.append(Result(Kind.APPLIED, 1))
+        elif any(row.due and row.key not in locked for row in rows):
+            outcomes.append(Busy("the order's row is locked by another transaction"))
         else:
             outcomes.append(Result(Kind.SKIPPED, 0))
-        seen.add(number)
     return outcomes
 
 
-def build(route: Route, orders: OrderTable) -> OrderTransition:
+def build(route: Route, orders: OrderTable, inbox: Inbox | None) -> OrderTransition:
     if defaults.ORDER_FIELD not in route.pattern.fields:
         raise ConfigError(
             f"the pattern needs a {{{defaults.ORDER_FIELD}}} field, "
@@ -142,15 +163,21 @@ def build(route: Route, orders: OrderTable) -> OrderTransition:
     status_type = python_type(orders.status_column)
     sources = [_status(value, status_type, action, "from") for value in change.sources]
     target = _status(change.target, status_type, action, "to")
+    skip_locked = skips_locked_rows(orders.engine)
     transition = OrderTransition(
-        engine=orders.engine,
+        # READ COMMITTED: the UPDATE neither locks nor waits for rows it does not change,
+        # such as an order a payment in progress holds.
+        engine=orders.engine.execution_options(isolation_level="READ COMMITTED")
+        if skip_locked
+        else orders.engine,
         table=orders.table,
         key=orders.key_column,
         status=orders.status_column,
         sources=tuple(sources),
         target=target,
         key_type=python_type(orders.key_column),
-        skip_locked=skips_locked_rows(orders.engine),
+        skip_locked=skip_locked,
+        inbox=inbox,
     )
     statement = update(orders.table).values({orders.status_column: target})
     statement.compile(dialect=orders.engine.dialect)  # fail at start, not at the first expiry

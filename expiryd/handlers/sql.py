@@ -1,49 +1,42 @@
 """sql: any parameterised statement; the pattern's fields are its bind parameters.
 
-A group of expiries runs in one transaction; if one statement fails, the transaction is
-rolled back and each expiry runs in its own, so only that one fails."""
+A group of expiries runs in one transaction, with their inbox entries; if one statement
+fails, the transaction is rolled back and each expiry runs in its own, so only that one
+fails. A commit whose reply is lost is retried, and the retry skips what the inbox shows
+committed, so even `SET n = n + 1` takes effect once."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, TextClause, text
+from sqlalchemy import Connection, Engine, TextClause, text
 from sqlalchemy.exc import ArgumentError
 
+from expiryd.database.inbox import Inbox
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
-from expiryd.handlers import Outcome, one_by_one, run_one
+from expiryd.handlers import Outcome
+from expiryd.handlers.transactional import Transactional
 from expiryd.outcomes import Result
 from expiryd.routes import Route
 
 
 @dataclass(frozen=True)
-class SqlStatement:
+class SqlStatement(Transactional):
     engine: Engine
     statement: TextClause
     params: tuple[str, ...]
+    inbox: Inbox | None
 
-    def __call__(self, expiry: Expiry) -> Result:
-        return run_one(self, expiry)
-
-    def run_many(self, expiries: Sequence[Expiry]) -> list[Outcome]:
-        try:
-            with self.engine.begin() as connection:
-                counts = [
-                    connection.execute(self.statement, self._values(e)).rowcount for e in expiries
-                ]
-        except Exception:
-            if len(expiries) == 1:
-                raise
-            return one_by_one(self, expiries)
+    def work(self, connection: Connection, expiries: list[Expiry]) -> list[Outcome]:
+        counts = [connection.execute(self.statement, self._values(e)).rowcount for e in expiries]
         return [Result.from_rows(rows if rows >= 0 else None) for rows in counts]
 
     def _values(self, expiry: Expiry) -> dict[str, str]:
         return {name: expiry.fields[name] for name in self.params}
 
 
-def build(route: Route, engine: Engine) -> SqlStatement:
+def build(route: Route, engine: Engine, inbox: Inbox | None) -> SqlStatement:
     sql = route.options.get("sql")
     if not isinstance(sql, str) or not sql.strip():
         raise ConfigError('needs sql = "UPDATE ... WHERE id = :field"')
@@ -61,4 +54,4 @@ def build(route: Route, engine: Engine) -> SqlStatement:
             f"sql uses :{missing[0]}, which the pattern does not capture "
             f"(fields: {', '.join(route.pattern.fields) or 'none'})"
         )
-    return SqlStatement(engine, statement, params)
+    return SqlStatement(engine, statement, params, inbox)

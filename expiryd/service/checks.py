@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, text
 
 from expiryd.config import Config
+from expiryd.database import inbox
 from expiryd.database.engine import describe_target, make_engine
 from expiryd.errors import UserError
 from expiryd.handlers import build_handlers
@@ -40,6 +41,8 @@ def run_checks(config: Config) -> Iterator[CheckResult]:
         yield database
         if database.ok:
             yield _attempt(lambda: _check_handlers(config, engine))
+            if config.database.inbox:
+                yield _attempt(lambda: _check_inbox(config, engine))
     finally:
         engine.dispose()
 
@@ -85,5 +88,16 @@ def _check_database(engine: Engine) -> str:
 
 
 def _check_handlers(config: Config, engine: Engine) -> str:
-    handlers = build_handlers(config, engine, RedisTarget.from_url(config.redis.url).client())
+    client = RedisTarget.from_url(config.redis.url).client()
+    handlers = build_handlers(config, engine, client, create_inbox=False)
     return f"{len(handlers)} handlers ready, tables and columns present"
+
+
+def _check_inbox(config: Config, engine: Engine) -> str:
+    name = config.database.inbox_table
+    if inbox.exists(engine, name):
+        return f"inbox table {name!r} present"
+    return (
+        f"inbox table {name!r} not there yet: `expiryd run` creates it if its user may "
+        f"CREATE TABLE; else {inbox.how_to_create(name, engine)}"
+    )

@@ -137,19 +137,27 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def _init_db(args: argparse.Namespace) -> int:
+    from expiryd.database import inbox
     from expiryd.database.engine import describe_target, make_engine
     from expiryd.database.sample import create_sample_table
 
     settings = config.load(args.config)
     engine = make_engine(settings.database)
+    tables = {settings.orders.table: lambda: create_sample_table(engine, settings.orders)}
+    if settings.database.inbox:
+        name = settings.database.inbox_table
+        tables[name] = lambda: inbox.create_table(engine, name)
     try:
-        created = create_sample_table(engine, settings.orders)
-    except Exception as exc:
-        raise ServiceError(f"{describe_target(engine)}: {logs.describe_error(exc)}") from None
+        for name, create in tables.items():
+            try:
+                created = create()
+            except Exception as exc:
+                target = describe_target(engine)
+                raise ServiceError(f"{target}: {logs.describe_error(exc)}") from None
+            state = "created" if created else "already exists; left as it is"
+            print(f"table {name!r} in {describe_target(engine)} {state}")
     finally:
         engine.dispose()
-    state = "created" if created else "already exists; left as it is"
-    print(f"table {settings.orders.table!r} in {describe_target(engine)} {state}")
     return 0
 
 
@@ -259,7 +267,8 @@ def _parser() -> argparse.ArgumentParser:
         "init-db",
         _init_db,
         common,
-        "Create a sample orders table per [orders]; an existing table is left alone.",
+        "Create a sample orders table per [orders], and the inbox table; an existing table "
+        "is left alone.",
     )
     _add_dead_commands(commands, common)
     return parser

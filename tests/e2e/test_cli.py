@@ -75,7 +75,12 @@ def test_check_passes_on_a_good_setup(
     config = write_config(tmp_path / "shop.toml", redis_db.url(), mysql_url)
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert [line.split(":")[0] for line in result.stdout.splitlines()] == ["ok"] * 4
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == ["ok"] * 5
+    assert "inbox table 'expiryd_applied' not there yet" in result.stdout
+    assert "CREATE TABLE expiryd_applied" in result.stdout
+    assert run_cli("init-db", "--config", str(config)).returncode == 0
+    again = run_cli("check", "--config", str(config))
+    assert "ok: inbox table 'expiryd_applied' present" in again.stdout
 
 
 def test_check_reports_each_failure_on_its_own_line(tmp_path: Path, sqlite_url: str) -> None:
@@ -112,8 +117,10 @@ def test_init_db_creates_the_sample_table_once(tmp_path: Path, sqlite_url: str) 
     assert first.returncode == 0 and "created" in first.stdout
     create_orders_rows = statuses(sqlite_url)
     assert create_orders_rows == {}
+    assert "table 'expiryd_applied'" in first.stdout  # the inbox
     second = run_cli("init-db", "--config", str(config))
-    assert second.returncode == 0 and "left as it is" in second.stdout
+    assert second.returncode == 0
+    assert second.stdout.count("left as it is") == 2, second.stdout
 
 
 def test_every_command_has_help_with_an_example() -> None:

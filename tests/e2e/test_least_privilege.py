@@ -14,7 +14,7 @@ import redis
 from tests.e2e.conftest import REPO, StartDaemon, assert_queue_settled, write_config
 from tests.support.daemon import DaemonProcess, run_cli, setex
 from tests.support.servers import MariaDB, RedisServer
-from tests.support.shop import ORDER_ROUTES, create_orders, execute, statuses
+from tests.support.shop import ORDER_ROUTES, create_orders, execute, rows, statuses
 
 SAMPLE = REPO / "redis.conf.sample"
 ACCEPT = '[[routes]]\npattern = "t:{n}"\nhandler = "tests.support.hooks:accept"\n'
@@ -142,28 +142,43 @@ def test_the_producer_cannot_read_keys_or_touch_expiryds_state(
     assert admin.zcard("expiryd:deadlines") == 1
 
 
-def readme_grant(database: str, user: str) -> str:
-    """The GRANT the README gives, for `database` and `user`."""
-    (grant,) = re.findall(r"^ +(GRANT .+);$", (REPO / "README.md").read_text(), re.MULTILINE)
-    assert grant == "GRANT SELECT, UPDATE (status) ON shop.orders TO 'expiryd'@'10.0.0.%'"
-    return grant.replace("shop.", f"{database}.").replace("'expiryd'@'10.0.0.%'", user)
+def readme_grants(database: str, user: str) -> list[str]:
+    """The GRANTs the README gives, for `database` and `user`."""
+    grants = re.findall(r"^ +(GRANT .+);$", (REPO / "README.md").read_text(), re.MULTILINE)
+    assert grants == [
+        "GRANT SELECT, UPDATE (status) ON shop.orders TO 'expiryd'@'10.0.0.%'",
+        "GRANT SELECT, INSERT, DELETE ON shop.expiryd_applied TO 'expiryd'@'10.0.0.%'",
+    ]
+    return [
+        grant.replace("shop.", f"{database}.").replace("'expiryd'@'10.0.0.%'", user)
+        for grant in grants
+    ]
 
 
 @pytest.mark.mysql
 def test_the_daemon_runs_with_only_the_readmes_mysql_grant(
-    mariadb: MariaDB, mysql_url: str, start_daemon: StartDaemon, redis_db: RedisServer
+    mariadb: MariaDB,
+    mysql_url: str,
+    start_daemon: StartDaemon,
+    redis_db: RedisServer,
+    tmp_path: Path,
 ) -> None:
     create_orders(mysql_url, {"SN1": 0, "SN2": 2})
+    admin_config = write_config(tmp_path / "admin.toml", redis_db.url(), mysql_url)
+    created = run_cli("init-db", "--config", str(admin_config))  # as an administrator
+    assert "'expiryd_applied'" in created.stdout, created.stderr
     database = mysql_url.rsplit("/", 1)[1]
     with mariadb.admin() as admin, admin.cursor() as cursor:
         cursor.execute("DROP USER IF EXISTS 'expiryd_lp'@'%'")
         cursor.execute("CREATE USER 'expiryd_lp'@'%' IDENTIFIED BY 'lp-pw'")
-        cursor.execute(readme_grant(database, "'expiryd_lp'@'%'"))
+        for grant in readme_grants(database, "'expiryd_lp'@'%'"):
+            cursor.execute(grant)
     narrow_url = f"mysql+pymysql://expiryd_lp:lp-pw@127.0.0.1:{mariadb.port}/{database}"
     for denied in (  # the grant is as narrow as it says
         "INSERT INTO orders (order_sn, status) VALUES ('SN9', 0)",
         "UPDATE orders SET order_sn = 'SN7' WHERE order_sn = 'SN1'",
         "DELETE FROM orders",
+        "CREATE TABLE other (id INTEGER)",
     ):
         with pytest.raises(Exception, match="command denied"):
             execute(narrow_url, denied)
@@ -175,6 +190,7 @@ def test_the_daemon_runs_with_only_the_readmes_mysql_grant(
     lines = daemon.wait_for_event("expiry.handled", 2)
     assert {line["outcome"] for line in lines} == {"applied"}
     assert statuses(mysql_url) == {"SN1": 3, "SN2": 4}
+    assert len(rows(mysql_url, "SELECT expiry_id FROM expiryd_applied")) == 2
 
 
 def test_an_expiryd_user_without_config_get_works_and_is_told_it_cannot_check(

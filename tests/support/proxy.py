@@ -73,6 +73,7 @@ class FaultProxy:
         self.port = 0  # known once started
         self.dropped = 0  # COMMIT replies lost so far
         self._armed = 0
+        self._passing = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._listener: socket.socket | None = None
@@ -84,11 +85,13 @@ class FaultProxy:
         """As MariaDB.url, but through the proxy."""
         return f"mysql+pymysql://expiryd:{self.server.password}@127.0.0.1:{self.port}/{database}"
 
-    def drop_commit_replies(self, count: int = 1) -> None:
-        """The next `count` COMMITs reach the server, but their clients lose the connection
-        instead of getting the reply."""
+    def drop_commit_replies(self, count: int = 1, after: int = 0) -> None:
+        """After `after` more COMMITs go through, the next `count` reach the server, but
+        their clients lose the connection instead of getting the reply. (SQLAlchemy's
+        MySQL dialect sends a COMMIT of its own after setting a connection's isolation
+        level.)"""
         with self._lock:
-            self._armed = count
+            self._armed, self._passing = count, after
 
     def start(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -138,6 +141,9 @@ class FaultProxy:
     def _take_armed(self) -> bool:
         with self._lock:
             if self._armed == 0:
+                return False
+            if self._passing:
+                self._passing -= 1
                 return False
             self._armed -= 1
             return True

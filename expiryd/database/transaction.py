@@ -1,0 +1,83 @@
+"""One transaction for a group of expiries: the handler's work, and the inbox entries of
+what it settled, committed together.
+
+A failure before the COMMIT rolled everything back: the caller may run each expiry again
+on its own. A failure of the COMMIT itself leaves its fate unknown: it is logged as
+`commit.unknown` and raised as `CommitUnknown`, a retry, never run again at once; the
+retry finds in the inbox what did commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import Connection, Engine
+
+from expiryd.database.inbox import Inbox
+from expiryd.expiry import Expiry
+from expiryd.logs import describe_error, get_logger
+from expiryd.outcomes import Result
+from expiryd.retries import Retry
+
+Outcome = Result | BaseException
+Work = Callable[[Connection, list[Expiry]], list[Outcome]]
+"""A handler's work on a connection in a transaction: one outcome per expiry, in order."""
+
+
+class CommitUnknown(Retry):
+    """The COMMIT was sent and its reply never came: the work may have committed."""
+
+
+def run_in_transaction(
+    engine: Engine, inbox: Inbox | None, expiries: Sequence[Expiry], work: Work
+) -> list[Outcome]:
+    """Run `work` on the expiries the inbox does not hold yet and commit it with their
+    inbox entries; those it holds get the result their committed attempt had. Raises
+    what `work` raised (nothing committed), or `CommitUnknown`."""
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            done = inbox.look_up(connection, _ids(expiries)) if inbox else {}
+            todo = [e for e in expiries if e.id not in done]
+            outcomes = work(connection, todo) if todo else []
+            if inbox:
+                inbox.record(connection, _settled(todo, outcomes))
+        except BaseException:
+            transaction.rollback()
+            raise
+        try:
+            transaction.commit()
+        except Exception as exc:
+            raise _unknown(expiries, inbox, exc) from exc
+    if inbox:
+        inbox.prune_if_due(engine)
+    ran = iter(outcomes)
+    return [done[e.id].as_result() if e.id in done else next(ran) for e in expiries]
+
+
+def _ids(expiries: Sequence[Expiry]) -> list[str]:
+    return [e.id for e in expiries if e.id]
+
+
+def _settled(todo: list[Expiry], outcomes: list[Outcome]) -> list[tuple[str, int, Result]]:
+    """The inbox entries: every expiry with an id whose work ended in a result."""
+    return [
+        (e.id, e.attempt, outcome)
+        for e, outcome in zip(todo, outcomes, strict=True)
+        if e.id and isinstance(outcome, Result)
+    ]
+
+
+def _unknown(expiries: Sequence[Expiry], inbox: Inbox | None, exc: Exception) -> CommitUnknown:
+    error = describe_error(exc)
+    get_logger().warning(
+        "commit.unknown",
+        route=expiries[0].route,
+        expiries=len(expiries),
+        error=error,
+        inbox=inbox is not None,
+        then="retried, skipping what the inbox shows committed"
+        if inbox
+        else "retried; without the inbox, what did commit runs again",
+    )
+    return CommitUnknown(f"the COMMIT's reply was lost, so it may have committed: {error}")
