@@ -58,7 +58,7 @@ was recorded are told apart by their deadline and need no memory."""
 MAX_VALUE_BYTES = 65536
 """With capture_values: larger values are not captured (the handler gets None)."""
 
-INBOX_EVENTS = 100_000
+HEARD_EVENTS_LIMIT = 100_000
 """Events heard and not yet applied that the daemon holds at most; when it is full the
 listener stops reading, Redis drops the connection at its output-buffer limit, and what
 was missed is recovered through the ledger after the reconnect."""

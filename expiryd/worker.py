@@ -74,6 +74,15 @@ class _Lease:
     slow_warnings: int = 0
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a reload hands a worker: its routes, their handlers, its settings."""
+
+    routes: Sequence[Route]
+    handlers: Mapping[str, Handler]
+    settings: WorkerSettings
+
+
 @dataclass
 class _Attempt:
     """One job on its way through a batch."""
@@ -97,7 +106,9 @@ class Worker:
         stop: threading.Event,
         tally: Tally,
         beat: Beat = no_beat,
+        name: str = "worker",
     ) -> None:
+        self.name = name
         self.queue = queue
         self.routes = routes
         self.handlers = handlers
@@ -112,6 +123,21 @@ class Worker:
         self._token = uuid.uuid4().hex
         self._backoff = Backoff.reconnecting(beat)
         self._log = get_logger()
+        self._next: _Plan | None = None
+
+    def use(
+        self, routes: Sequence[Route], handlers: Mapping[str, Handler], settings: WorkerSettings
+    ) -> None:
+        """Run with these from the next batch on (a reload); the batch in hand finishes
+        with what it started with."""
+        self._next = _Plan(routes, handlers, settings)
+        self.wake.set()
+
+    def _take_up_plan(self) -> None:
+        plan, self._next = self._next, None
+        if plan is not None:
+            self.routes, self.handlers, self.settings = plan.routes, plan.handlers, plan.settings
+            liveness.bind(self.beat, self.settings.lease_seconds)
 
     def run(self) -> None:
         """Take and run batches until `stop` is set; the group in hand is always finished."""
@@ -119,7 +145,9 @@ class Worker:
         liveness.bind(self.beat, self.settings.lease_seconds)
         while not self.stop.is_set():
             self.beat()
+            self._take_up_plan()
             try:
+                self._requeue_lapsed()
                 jobs, missing = self.queue.take(
                     self.settings.batch_size, self.settings.lease_seconds * 1000, self._token
                 )
@@ -136,6 +164,16 @@ class Worker:
                 self._pause("queue.unavailable", exc)
             except Exception as exc:  # a bug or a Redis refusal must not end the worker
                 self._pause("worker.crashed", exc, exc_info=True)
+
+    def _requeue_lapsed(self) -> None:
+        """Hand out again the jobs whose worker's lease lapsed (it was killed mid-batch),
+        about once a second per process: every process that takes jobs does, `run` or
+        `work`, so they are taken up while any process is left to take them."""
+        requeued, missing = self.queue.requeue_lapsed_if_due(defaults.REQUEUE_LAPSED_SECONDS)
+        if requeued:
+            self._log.warning("jobs.requeued", jobs=requeued, reason="lease lapsed")
+        if missing:
+            self._log.error("jobs.missing", jobs=missing, reason=MISSING)
 
     def _pause(self, event: str, exc: Exception, exc_info: bool = False) -> None:
         self._backoff.wait_after(self.stop, self._log, event, describe_error(exc), exc_info)
@@ -252,6 +290,10 @@ class Worker:
                 lease.running = None
 
     def _run_group(self, handler: Handler, group: list[_Attempt]) -> list[Settlement]:
+        # Lateness as the group starts: the groups before it in the batch took their time.
+        now_ms = _now_ms()
+        for attempt in group:
+            attempt.line["lateness_ms"] = _lateness_ms(attempt.job, now_ms)
         started = time.perf_counter()
         try:
             outcomes = handler.run_many([a.expiry for a in group])  # type: ignore[misc]
@@ -373,16 +415,25 @@ class Worker:
 
 
 def _timing(job: Job, deadline: datetime | None) -> dict[str, Any]:
-    """The log fields that say which expiry this is, when it was due and how it was found."""
-    late = None if job.deadline_ms is None else int(time.time() * 1000) - job.deadline_ms
+    """The log fields that say which expiry this is, when it was due and how it was found;
+    its lateness as of now, measured again when its group starts."""
     return {
         "expiry_id": job.id,
         "attempt": job.attempt + 1,
         "deadline": deadline.isoformat(timespec="milliseconds") if deadline else None,
-        "lateness_ms": late,
+        "lateness_ms": _lateness_ms(job, _now_ms()),
         "recovered": job.source.value == "recovery",
         "source": job.source.value,
     }
+
+
+def _lateness_ms(job: Job, now_ms: int) -> int | None:
+    """How long after its deadline the job is handled at `now_ms`; None without one."""
+    return None if job.deadline_ms is None else now_ms - job.deadline_ms
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _datetime(ms: int | None) -> datetime | None:

@@ -34,7 +34,8 @@ def run_in_transaction(
     """Run `work` on the expiries the inbox does not hold yet and commit it with their
     inbox entries; those it holds get the result their committed attempt had. Raises
     what `work` raised (nothing committed), or `CommitUnknown`."""
-    with engine.connect() as connection:
+    connection = engine.connect()
+    try:
         transaction = connection.begin()
         try:
             done = inbox.look_up(connection, _ids(expiries)) if inbox else {}
@@ -49,8 +50,10 @@ def run_in_transaction(
             transaction.commit()
         except Exception as exc:
             raise _unknown(expiries, inbox, exc) from exc
+    finally:
+        _close(connection)
     if inbox:
-        inbox.prune_if_due(engine)
+        _prune(engine, inbox)
     ran = iter(outcomes)
     return [done[e.id].as_result() if e.id in done else next(ran) for e in expiries]
 
@@ -81,3 +84,20 @@ def _unknown(expiries: Sequence[Expiry], inbox: Inbox | None, exc: Exception) ->
         else "retried; without the inbox, what did commit runs again",
     )
     return CommitUnknown(f"the COMMIT's reply was lost, so it may have committed: {error}")
+
+
+def _close(connection: Connection) -> None:
+    """Return the connection. Once the transaction has ended, nothing that fails here
+    (the dialect resetting the isolation level on a lost connection) changes its fate."""
+    try:
+        connection.close()
+    except Exception as exc:
+        get_logger().debug("connection.close_failed", error=describe_error(exc))
+
+
+def _prune(engine: Engine, inbox: Inbox) -> None:
+    """Prune the inbox if due: after the commit, so a failure here is only logged."""
+    try:
+        inbox.prune_if_due(engine)
+    except Exception as exc:
+        get_logger().warning("inbox.prune_failed", error=describe_error(exc))

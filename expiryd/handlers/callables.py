@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,13 +99,20 @@ def build(
     if route.options:
         raise ConfigError(f"unknown setting {sorted(route.options)[0]!r} for a callable handler")
     module_name, _, attribute = route.handler.partition(":")
+    loaded = module_name in sys.modules
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
         raise ConfigError(f"cannot import {module_name!r}: {exc} (is it on PYTHONPATH?)") from None
     function = getattr(module, attribute, None)
     if not callable(function):
-        raise ConfigError(f"{module_name!r} has no callable named {attribute!r}")
+        hint = (
+            " as this process already loaded it; a reload keeps loaded code: restart "
+            "expiryd to load new code"
+            if loaded
+            else ""
+        )
+        raise ConfigError(f"{module_name!r} has no callable named {attribute!r}{hint}")
     if takes_connection(function):
         return ConnectionHandler(function, engine, inbox())
     return CallableHandler(function)

@@ -16,6 +16,9 @@ fit (the scripts are in `expiryd/redis/lua/`):
 - When the listener receives a marker, every event published before it has been applied.
   So whatever is still in `gone` then (up to the marker's time) expired while nobody
   listened: `reconcile` claims and queues it as recovered.
+- After every (re)subscribe, `scan` records the TTLs set while nobody listened, and
+  `forget_deleted` drops the incarnations whose key left before its deadline (a DEL
+  nobody heard): they will never expire.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class Ledger:
         self._apply = lua.register(client, "ledger_apply", *lua.ENQUEUE)
         self._reconcile = lua.register(client, "ledger_reconcile", *lua.ENQUEUE)
         self._sweep = lua.register(client, "ledger_sweep", "clock")
+        self._forget_deleted = lua.register(client, "ledger_forget_deleted", "clock")
 
     def apply(self, steps: Sequence[Step]) -> Applied:
         """Apply the steps in order, in one round trip."""
@@ -135,6 +139,20 @@ class Ledger:
             args=[limit, ks.sweep_channel, marker_prefix],
         )
         return SweepResult(int(due), int(gone), int(marker) or None)
+
+    def forget_deleted(self, beat: Beat = no_beat, limit: int = defaults.SWEEP_LIMIT) -> int:
+        """Forget every incarnation whose key left before its deadline without an event
+        heard (deleted while expiryd was not listening); the number forgotten."""
+        ks, offset, forgotten = self.keyspace, 0, 0
+        while True:
+            beat()
+            looked_at, dropped = self._forget_deleted(
+                keys=[ks.deadlines, ks.values], args=[offset, limit]
+            )
+            forgotten += int(dropped)
+            if int(looked_at) < limit:
+                return forgotten
+            offset += int(looked_at) - int(dropped)
 
     def scan(
         self, max_key_bytes: int, beat: Beat = no_beat, count: int = defaults.SCAN_COUNT

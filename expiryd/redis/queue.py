@@ -10,6 +10,8 @@ worker cannot undo a newer attempt.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +110,9 @@ class JobQueue:
     client: redis.Redis
     keyspace: Keyspace
     _scripts: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _requeue_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _requeue_after: float = field(default=0.0, init=False, repr=False)
+    """When (monotonic) `requeue_lapsed_if_due` next requeues."""
 
     def __post_init__(self) -> None:
         for name in ("take", "settle", "requeue", "replay", "mark", "extend"):
@@ -154,6 +159,23 @@ class JobQueue:
         keys = [ks.leases, ks.ready, ks.jobs, ks.owners]
         requeued, missing = self._scripts["requeue"](keys=keys, args=[limit])
         return int(requeued), int(missing)
+
+    def requeue_lapsed_if_due(self, every_s: float) -> tuple[int, int]:
+        """`requeue_lapsed`, a chunk at a time until none is left, unless that was done
+        through this queue (which a process's workers share) less than `every_s` ago:
+        then (0, 0). Each chunk is one script, so two processes at once hand a job out
+        once."""
+        with self._requeue_lock:
+            now = time.monotonic()
+            if now < self._requeue_after:
+                return 0, 0
+            self._requeue_after = now + every_s
+        requeued = missing = 0
+        while True:
+            more, gone = self.requeue_lapsed()
+            requeued, missing = requeued + more, missing + gone
+            if more + gone < CHUNK:
+                return requeued, missing
 
     def upgrade(self) -> int:
         """Move in jobs an earlier expiryd queued (see `upgrade`); the number moved."""

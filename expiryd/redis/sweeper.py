@@ -1,6 +1,7 @@
 """The clock: brings the ledger up to date after every (re)subscribe, then nudges each
-key whose deadline has passed, so expiries run on time whatever Redis's sampling does,
-and hands out again the jobs of workers whose lease lapsed.
+key whose deadline has passed, so expiries run on time whatever Redis's sampling does.
+(The jobs of workers whose lease lapsed are handed out again by the workers themselves,
+in every process that takes jobs.)
 
 After a sweep that sent a marker, the next one waits until the listener has heard it.
 A listener behind by a burst's events would otherwise have every key of the burst found
@@ -21,14 +22,13 @@ from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, get_logger
 from expiryd.redis.connections import CONNECTION_ERRORS
 from expiryd.redis.ledger import Ledger
-from expiryd.redis.queue import MISSING, JobQueue
 
 
 class Sweeper:
     def __init__(
         self,
+        *,
         ledger: Ledger,
-        queue: JobQueue,
         marker_prefix: str,
         subscribed: threading.Event,
         marker_heard: Callable[[int, float], bool],
@@ -37,7 +37,6 @@ class Sweeper:
         beat: Beat = no_beat,
     ) -> None:
         self.ledger = ledger
-        self.queue = queue
         self.marker_prefix = marker_prefix
         self.subscribed = subscribed
         self.marker_heard = marker_heard
@@ -90,22 +89,23 @@ class Sweeper:
             self._resync.clear()
             self._scan()
         result = self.ledger.sweep(self.marker_prefix)
-        requeued, missing = self.queue.requeue_lapsed()
-        if requeued:
-            self._log.warning("jobs.requeued", jobs=requeued, reason="lease lapsed")
-        if missing:
-            self._log.error("jobs.missing", jobs=missing, reason=MISSING)
         return result.due >= defaults.SWEEP_LIMIT, result.marker_ms
 
     def _scan(self) -> None:
         started = time.perf_counter()
         try:
             recorded = self.ledger.scan(self.max_key_bytes, self.beat)
+            forgotten = self.ledger.forget_deleted(self.beat)
         except Exception:
             self._resync.set()
             raise
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
-        self._log.info("ledger.synced", keys_with_ttl=recorded, duration_ms=duration_ms)
+        self._log.info(
+            "ledger.synced",
+            keys_with_ttl=recorded,
+            forgotten=forgotten,
+            duration_ms=duration_ms,
+        )
         self.synced.set()
 
     def _back_off(self, event: str, exc: Exception, exc_info: bool = False) -> None:

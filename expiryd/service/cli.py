@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -15,7 +14,7 @@ from expiryd.errors import ServiceError, UserError
 from expiryd.redact import scrub
 
 if TYPE_CHECKING:
-    from expiryd.service.daemon import Daemon
+    pass
 
 EXAMPLES = {
     "run": "expiryd run --config /etc/expiryd/expiryd.toml",
@@ -55,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = config.load(args.config)
     logs.configure(args.log_format, args.log_level)
-    return _run_daemon(Daemon(settings, configure_redis=args.configure_redis))
+    return Daemon(settings, configure_redis=args.configure_redis).run()
 
 
 def _work(args: argparse.Namespace) -> int:
@@ -63,24 +62,7 @@ def _work(args: argparse.Namespace) -> int:
 
     settings = config.load(args.config)
     logs.configure(args.log_format, args.log_level)
-    return _run_daemon(Daemon(settings, listen=False))
-
-
-def _run_daemon(daemon: Daemon) -> int:
-    """Run it; after a SIGHUP reload, the same command line again in the same process
-    (the same pid, so systemd and any other supervisor keep following it)."""
-    from expiryd.service.daemon import RELOAD_BLOCKED_SIGNALS
-
-    code = daemon.run()
-    # Blocked from here to the new process's handlers. Blocking runs the handlers of
-    # signals that came already, so a stop that came at any time before wins.
-    signal.pthread_sigmask(signal.SIG_BLOCK, RELOAD_BLOCKED_SIGNALS)
-    if not daemon.restart:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, RELOAD_BLOCKED_SIGNALS)
-        return code
-    daemon.before_exec()
-    sys.stdout.flush()
-    os.execv(sys.executable, sys.orig_argv)
+    return Daemon(settings, listen=False).run()
 
 
 def _check(args: argparse.Namespace) -> int:

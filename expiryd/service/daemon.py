@@ -1,12 +1,16 @@
-"""`expiryd run`: threads joined by an in-process inbox and a queue in Redis.
+"""`expiryd run`: threads joined by a queue of events heard and a queue of jobs in Redis.
 
-- the listener reads keyevent notifications into the inbox, never waiting on anything
-  else, so a slow database cannot make Redis drop it for falling behind;
-- the sweeper keeps the ledger up to date, nudges keys whose deadline has passed, and
-  hands out again jobs whose worker's lease lapsed;
-- the main thread applies events from the inbox in order: ledger updates, and claims that
+- the listener reads keyevent notifications into the queue of events heard, never
+  waiting on anything else, so a slow database cannot make Redis drop it for falling
+  behind;
+- the sweeper keeps the ledger up to date and nudges keys whose deadline has passed;
+- the main thread applies the events heard in order: ledger updates, and claims that
   queue each expiry as a durable job;
-- `concurrency` workers each lease a batch of jobs, run their handlers and settle them.
+- `concurrency` workers each lease a batch of jobs, run their handlers and settle them,
+  and hand out again the jobs of a worker whose lease lapsed.
+
+SIGHUP applies a changed config in place (see `reload`): the workers take up the new
+routes, handlers and settings at their next batch, while the listener stays subscribed.
 
 `expiryd work` runs the workers alone, to drain the same queue from more processes.
 
@@ -22,7 +26,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
 import redis
@@ -33,11 +37,12 @@ from expiryd.backoff import Backoff
 from expiryd.config import Config
 from expiryd.config import load as load_config
 from expiryd.database.engine import make_engine
-from expiryd.handlers import build_handlers
+from expiryd.errors import UserError
+from expiryd.handlers import Handler, build_handlers
 from expiryd.liveness import Loops
 from expiryd.logs import describe_error, get_logger
 from expiryd.outcomes import Outcome
-from expiryd.redact import redact_url
+from expiryd.redact import redact_url, scrub
 from expiryd.redis.connections import (
     CONNECTION_ERRORS,
     RedisTarget,
@@ -58,9 +63,6 @@ from expiryd.service.report import Reporter
 from expiryd.tally import Tally
 from expiryd.worker import Worker
 
-RELOAD_BLOCKED_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
-"""Held back while a reload executes expiryd again, until the new process can take them."""
-
 EXIT_THREAD_DIED = 70
 """The exit code when one of expiryd's threads ended unexpectedly (EX_SOFTWARE)."""
 
@@ -71,35 +73,26 @@ class Daemon:
         self.configure_redis = configure_redis
         self.listen = listen
         self.target = RedisTarget.from_url(config.redis.url)
-        keyspace = Keyspace(config.redis.prefix, self.target.db)
+        self.keyspace = keyspace = Keyspace(config.redis.prefix, self.target.db)
+        self.started_at = time.time()
         self.engine = _engine_for(config)
         self.redis = self.target.client()
         handlers = build_handlers(config, self.engine, self.redis)
         self.stop = threading.Event()
-        self.stop_taking = threading.Event()
-        self.inbox: queue.Queue[Event] = queue.Queue(maxsize=defaults.INBOX_EVENTS)
+        self.heard: queue.Queue[Event] = queue.Queue(maxsize=defaults.HEARD_EVENTS_LIMIT)
         self.notifier = Notifier.from_environ()
         self.loops = Loops(self.notifier.watchdog_seconds or defaults.STALL_SECONDS)
         self.tally = Tally()
         ledger = Ledger(
             self.redis, keyspace, config.redis.capture_values, config.redis.max_value_bytes
         )
-        self.jobs = jobs = JobQueue(self.redis, keyspace)
+        self.jobs = JobQueue(self.redis, keyspace)
         marker_prefix = f"{uuid.uuid4().hex}:"
         max_key_bytes = config.redis.max_key_bytes
-        self.workers = [
-            Worker(
-                jobs,
-                config.routes,
-                handlers,
-                config.worker,
-                max_key_bytes,
-                self.stop_taking,
-                self.tally,
-                self.loops.beat_for(f"worker-{n}"),
-            )
-            for n in range(1, config.worker.concurrency + 1)
-        ]
+        self._numbered = 0
+        self.workers = [self._worker(config, handlers) for _ in range(config.worker.concurrency)]
+        self._crew: list[tuple[Worker, threading.Thread]] = []
+        """Every worker started, with its thread, retired ones included until they end."""
         self.listener = Listener(
             self.target,
             keyspace,
@@ -118,14 +111,13 @@ class Daemon:
             self._wake_workers,
         )
         self.sweeper = Sweeper(
-            ledger,
-            jobs,
-            marker_prefix,
-            self.listener.subscribed,
-            self.dispatcher.wait_for_marker,
-            self.stop,
-            max_key_bytes,
-            self.loops.beat_for("sweeper"),
+            ledger=ledger,
+            marker_prefix=marker_prefix,
+            subscribed=self.listener.subscribed,
+            marker_heard=self.dispatcher.wait_for_marker,
+            stop=self.stop,
+            max_key_bytes=max_key_bytes,
+            beat=self.loops.beat_for("sweeper"),
         )
         self.metrics = Metrics([r.name for r in config.routes]) if config.metrics.listen else None
         if self.metrics is not None:
@@ -146,8 +138,6 @@ class Daemon:
         )
         self._beat = self.loops.beat_for("dispatcher")
         self._reload = threading.Event()
-        self._restart_requested = False
-        self._stop_signalled = False
         self._signal: str | None = None
         self._died: str | None = None
         self._backoff = Backoff.reconnecting(self._beat)
@@ -176,15 +166,16 @@ class Daemon:
                 error="only a path or an @abstract name can be notified",
             )
         self._serve_metrics()
-        pulse = self._start("pulse", self.pulse.run)
+        pulse = self._start("pulse", self.pulse.run, self._pulse_stop)
         self._upgrade_queue()
         threads = []
         if self.listen:
             threads += [
-                self._start("listener", self.listener.run),
-                self._start("sweeper", self.sweeper.run),
+                self._start("listener", self.listener.run, self.stop),
+                self._start("sweeper", self.sweeper.run, self.stop),
             ]
-        workers = [self._start(f"worker-{n}", w.run) for n, w in enumerate(self.workers, 1)]
+        for worker in self.workers:
+            self._start_worker(worker)
         while not self.stop.is_set():
             self._beat()
             if self._reload.is_set():
@@ -194,29 +185,24 @@ class Daemon:
                 self._dispatch(timeout=0.5, pause=self._wait_after_failure)
             else:
                 self.stop.wait(0.5)
-        self.stop_taking.set()
+        self._quiet_workers(self.workers)
         self.loops.forget("dispatcher")
         self._log.info("expiryd.stopping", signal=self._signal, in_hand=self._in_hand())
         grace = self.config.worker.grace_seconds
-        reloading = self.restart
         self.notifier.send(
-            **(
-                {"RELOADING": 1, "MONOTONIC_USEC": time.monotonic_ns() // 1000}
-                if reloading
-                else {"STOPPING": 1}
-            ),
+            STOPPING=1,
             STATUS=f"stopping: finishing {self._in_hand()} expiries in hand",
             EXTEND_TIMEOUT_USEC=int((grace + defaults.STOP_MARGIN_SECONDS) * 1_000_000),
         )
         try:
-            return self._shut_down(threads, workers)
+            return self._shut_down(threads)
         finally:
             self._pulse_stop.set()
             pulse.join(timeout=defaults.PULSE_JOIN_SECONDS)
             if self.metrics is not None:
                 self.metrics.close()
 
-    def _shut_down(self, threads: list[threading.Thread], workers: list[threading.Thread]) -> int:
+    def _shut_down(self, threads: list[threading.Thread]) -> int:
         """Everything within one deadline, `grace_seconds` from now: the batches in hand,
         the events heard and not yet applied, the threads."""
         deadline = time.monotonic() + self.config.worker.grace_seconds
@@ -224,17 +210,15 @@ class Daemon:
             thread.join(timeout=_left(deadline))
         while time.monotonic() < deadline and self._dispatch(0, lambda: time.sleep(0.1)):
             pass
-        for worker in workers:
-            worker.join(timeout=_left(deadline))
-        unfinished = sum(
-            w.in_hand for w, t in zip(self.workers, workers, strict=True) if t.is_alive()
-        )
+        for _, thread in self._crew:
+            thread.join(timeout=_left(deadline))
+        unfinished = sum(w.in_hand for w, thread in self._crew if thread.is_alive())
         self.engine.dispose()
         counts = self.tally.by_outcome()
         self._log.info(
             "expiryd.stopped",
             unfinished=unfinished,
-            unapplied_events=len(self.dispatcher.pending) + self.inbox.qsize(),
+            unapplied_events=len(self.dispatcher.pending) + self.heard.qsize(),
             **{o.value: counts[o] for o in Outcome},
         )
         return EXIT_THREAD_DIED if self._died else 0
@@ -255,50 +239,47 @@ class Daemon:
             return
 
     def _consider_reload(self) -> None:
-        """SIGHUP: restart in place on the config as it is now, if it changed and is sound."""
+        """SIGHUP: apply the config as it is now, in place, if it changed and is sound."""
         path = None if self.config.source == "(defaults)" else self.config.source
-        verdict = reload.judge(self.config, lambda: load_config(path), self._check_config)
-        log = self._log.info if verdict.restart or not verdict.fields else self._log.error
+        verdict = reload.judge(self.config, lambda: load_config(path), self._same_redis)
+        if verdict.config is not None:
+            self._apply(verdict.config, verdict.fields)
+            return
+        log = self._log.info if not verdict.fields else self._log.error
         log(verdict.event, **verdict.fields)
-        if verdict.restart:
-            self._restart_requested = True
-            self._signal = self._signal or "SIGHUP"
-            self.stop_taking.set()
-            self.stop.set()
 
-    def before_exec(self) -> None:
-        """Just before a reload executes expiryd again: a last WATCHDOG=1, since the new
-        process takes a moment to start its pulse, and no "gone" heartbeat left behind
-        for a daemon that goes on under the same pid."""
-        self.notifier.send(WATCHDOG=1)
-        self.reporter.leave()
+    def _same_redis(self, config: Config) -> bool | None:
+        return reload.probe_same_redis(self.redis, self.keyspace, config.redis.url)
 
-    @property
-    def restart(self) -> bool:
-        """Whether a SIGHUP asked for a restart on a new config and no stop signal came
-        since: once `run` returned, the caller blocks the stop signals, asks again, and
-        executes expiryd anew if so."""
-        return self._restart_requested and not self._stop_signalled
-
-    def _check_config(self, config: Config) -> None:
-        """What the new process will need at start, tried now: its Redis, its handlers'
-        tables, its metrics address. A UserError or any other error refuses the reload."""
-        target = RedisTarget.from_url(config.redis.url)
-        client = target.client()
+    def _apply(self, config: Config, fields: dict[str, object]) -> None:
+        """Build what the new config needs here, as it will run; then hand it to the
+        workers, which take it up at their next batch. Refused if any part fails."""
+        self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
         try:
-            client.ping()
-            if self.listen:
-                ensure_notifications(target, client, configure=False)
-            engine = _engine_for(config)
-            try:
-                build_handlers(config, engine, client)
-            finally:
-                engine.dispose()
-        finally:
-            client.close()
-        listen = config.metrics.listen
-        if listen and listen != self.config.metrics.listen:
-            metrics_address_free(*listen)
+            engine, handlers = self._build(config)
+        except Exception as exc:  # a missing table, a handler that cannot load: refused
+            self.notifier.send(READY=1, STATUS="reload refused; running on the old config")
+            error = scrub(str(exc)) if isinstance(exc, UserError) else describe_error(exc)
+            self._log.error("config.reload_failed", **fields, error=error)
+            return
+        old_engine, self.engine, self.config = self.engine, engine, config
+        for worker in self.workers:
+            worker.use(config.routes, handlers, config.worker)
+        self._resize_workers(config, handlers)
+        old_engine.dispose()  # connections still out close when their batch returns them
+        stale = reload.changed_code(config, self.started_at)
+        self._log.info("config.reloaded", **fields, code_changed_on_disk=stale or None)
+        self.notifier.send(READY=1, STATUS="running")
+
+    def _build(self, config: Config) -> tuple[Engine, dict[str, Handler]]:
+        engine = _engine_for(config)
+        try:
+            handlers = build_handlers(config, engine, self.redis)
+            self._move_metrics(config)
+        except BaseException:
+            engine.dispose()
+            raise
+        return engine, handlers
 
     def _serve_metrics(self) -> None:
         listen = self.config.metrics.listen
@@ -321,36 +302,91 @@ class Daemon:
         for worker in self.workers:
             worker.wake.set()
 
-    def _start(self, name: str, target: Callable[[], None]) -> threading.Thread:
-        thread = threading.Thread(target=self._supervised, args=(name, target), name=name)
+    def _worker(self, config: Config, handlers: Mapping[str, Handler]) -> Worker:
+        self._numbered += 1
+        name = f"worker-{self._numbered}"
+        return Worker(
+            self.jobs,
+            config.routes,
+            handlers,
+            config.worker,
+            config.redis.max_key_bytes,
+            threading.Event(),
+            self.tally,
+            self.loops.beat_for(name),
+            name=name,
+        )
+
+    def _start_worker(self, worker: Worker) -> None:
+        self._crew.append((worker, self._start(worker.name, worker.run, worker.stop)))
+
+    def _resize_workers(self, config: Config, handlers: Mapping[str, Handler]) -> None:
+        """`concurrency` workers from now: new ones started, extra ones quieted (they
+        finish the batch in hand, then end)."""
+        wanted = config.worker.concurrency
+        while len(self.workers) < wanted:
+            worker = self._worker(config, handlers)
+            self.workers.append(worker)
+            self._start_worker(worker)
+        self._quiet_workers(self.workers[wanted:])
+        del self.workers[wanted:]
+
+    @staticmethod
+    def _quiet_workers(workers: Sequence[Worker]) -> None:
+        """Take no more jobs; the group in hand is finished, the rest put back."""
+        for worker in workers:
+            worker.stop.set()
+
+    def _move_metrics(self, config: Config) -> None:
+        """Serve the metrics at the new config's address, if it changed."""
+        listen = config.metrics.listen
+        if listen == self.config.metrics.listen:
+            return
+        if listen is not None:
+            metrics_address_free(*listen)
+        if self.metrics is not None:
+            self.metrics.close()
+        if listen is None:
+            return
+        if self.metrics is None:
+            self.metrics = Metrics([r.name for r in config.routes])
+            self.tally.watchers.append(self.metrics.observe)
+            self.reporter.metrics = self.metrics
+        self.metrics.serve(*listen)
+        self._log.info("metrics.serving", url=f"http://{listen[0]}:{listen[1]}/metrics")
+
+    def _start(
+        self, name: str, target: Callable[[], None], stop: threading.Event
+    ) -> threading.Thread:
+        """A supervised thread that is meant to run until `stop` is set."""
+        thread = threading.Thread(target=self._supervised, args=(name, target, stop), name=name)
         thread.daemon = True
         thread.start()
         return thread
 
-    def _supervised(self, name: str, target: Callable[[], None]) -> None:
+    def _supervised(self, name: str, target: Callable[[], None], stop: threading.Event) -> None:
         try:
             target()
         except BaseException as exc:  # any way a thread ends is reported
             self._thread_ended(name, describe_error(exc), exc_info=True)
         else:
             self.loops.forget(name)
-            stopping = self.stop_taking if name.startswith("worker") else self.stop
-            if not stopping.is_set():
+            if not stop.is_set():
                 self._thread_ended(name, "returned while the daemon was running")
 
     def _thread_ended(self, name: str, error: str, exc_info: bool = False) -> None:
         self._died = name
         self._signal = self._signal or f"thread {name} ended"
         self._log.critical("thread.died", thread=name, error=error, exc_info=exc_info)
-        self.stop_taking.set()
+        self._quiet_workers(self.workers)
         self.stop.set()
 
     def _hear(self, event: Event) -> None:
-        """The listener's hand-off. When the inbox is full the listener waits here, and
+        """The listener's hand-off. When too many wait the listener waits here, and
         stops reading from Redis, until there is room."""
         while not self.stop.is_set():
             try:
-                self.inbox.put(event, timeout=0.5)
+                self.heard.put(event, timeout=0.5)
                 return
             except queue.Full:
                 self.listener.beat()  # held back by a busy dispatcher, not stuck
@@ -362,8 +398,8 @@ class Daemon:
             self.metrics.reconnects.inc()
 
     def _dispatch(self, timeout: float, pause: Callable[[], None]) -> bool:
-        """Apply what is pending, taking more from the inbox first; False when there was
-        nothing to do. On an error, what was not applied stays pending."""
+        """Apply what is pending, taking more of the events heard first; False when there
+        was nothing to do. On an error, what was not applied stays pending."""
         pending = self.dispatcher.pending
         if len(pending) < defaults.WINDOW_EVENTS:
             pending.extend(self._take(0 if pending else timeout))
@@ -395,12 +431,12 @@ class Daemon:
 
     def _take(self, timeout: float) -> list[Event]:
         try:
-            events = [self.inbox.get(timeout=timeout) if timeout else self.inbox.get_nowait()]
+            events = [self.heard.get(timeout=timeout) if timeout else self.heard.get_nowait()]
         except queue.Empty:
             return []
         while len(events) < defaults.WINDOW_EVENTS:
             try:
-                events.append(self.inbox.get_nowait())
+                events.append(self.heard.get_nowait())
             except queue.Empty:
                 break
         return events
@@ -423,17 +459,14 @@ class Daemon:
     def _install_signal_handlers(self) -> None:
         # Only set flags here: logging from a signal handler could deadlock on the log lock.
         def request_stop(signum: int, _frame: FrameType | None) -> None:
-            self._stop_signalled = True  # a stop that comes during a reload is a stop
-            if self._signal in (None, "SIGHUP"):
+            if self._signal is None:
                 self._signal = signal.Signals(signum).name
-            self.stop_taking.set()
+            self._quiet_workers(self.workers)
             self.stop.set()
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGHUP, lambda _signum, _frame: self._reload.set())
-        # Blocked across a reload's exec (see cli): what came meanwhile is delivered now.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, RELOAD_BLOCKED_SIGNALS)
 
 
 def _engine_for(config: Config) -> Engine:

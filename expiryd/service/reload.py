@@ -1,36 +1,56 @@
-"""SIGHUP: read the config again and, when it changed and the new one is sound, restart
-in place on it: the daemon stops as on SIGTERM (the batch in hand finished, nothing
-taken that is not settled), then executes itself again with the same command line and
-process id. What expires meanwhile is in Redis and is handled after the restart, once.
+"""SIGHUP: read the config again and, when it changed and the new one is sound, apply it
+in place, between batches: routes, handlers, the database engine, the worker settings
+and the metrics address change; the listener never unsubscribes, so nothing that
+expires meanwhile goes unheard, and no signal has a new process to miss.
 
-A config that does not load, names a table that is not there, or moves expiryd's state
-(another prefix or another Redis DB) is refused in one log line, and the daemon keeps
-running on the one it has."""
+Handlers are built in this very process, as they will run: a missing table or a handler
+that cannot be imported refuses the reload and the daemon keeps the config it has. Code
+is not reloaded: a module already imported stays as it was loaded (a restart loads it
+anew), and a module changed on disk since is warned of.
+
+The [redis] settings change only on a restart. A new [redis] section is refused, saying
+whether it names the same Redis server and DB (then a restart is safe) or another one
+(then the queue must be drained first): that is found out by a probe key written through
+the running connection and read through the new URL, not from the URL's spelling."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import redis
 
 from expiryd.config import Config
 from expiryd.errors import UserError
 from expiryd.logs import describe_error
 from expiryd.redact import scrub
-from expiryd.redis.connections import RedisTarget
+from expiryd.redis.connections import CONNECTION_ERRORS, RedisTarget
+from expiryd.redis.keyspace import Keyspace
+
+PROBE_MS = 10_000
+"""How long a probe key lives if the probe cannot delete it."""
 
 
 @dataclass(frozen=True)
 class Verdict:
-    restart: bool
+    """Whether to apply `config`; the event to log about it, and its fields."""
+
+    apply: bool
     event: str
     fields: dict[str, Any]
+    config: Config | None = None
 
 
-def judge(current: Config, load: Callable[[], Config], check: Callable[[Config], None]) -> Verdict:
-    """Whether to restart on the config `load` reads now; `check` raises a UserError for a
-    config whose handlers cannot be built (a missing table, say)."""
+def judge(
+    current: Config, load: Callable[[], Config], same_redis: Callable[[Config], bool | None]
+) -> Verdict:
+    """Whether to apply the config `load` reads now. `same_redis` tells whether the new
+    [redis] url reaches the server and DB expiryd runs on (None: it could not tell)."""
     try:
         new = load()
     except UserError as exc:
@@ -40,18 +60,10 @@ def judge(current: Config, load: Callable[[], Config], check: Callable[[Config],
     changed = changed_sections(current, new)
     if not changed:
         return Verdict(False, "config.unchanged", {})
-    moved = _moved_state(current, new)
-    if moved:
-        return Verdict(False, "config.reload_refused", {"changed": changed, "error": moved})
-    try:
-        check(new)
-    except UserError as exc:
-        error = scrub(str(exc))
-        return Verdict(False, "config.reload_failed", {"changed": changed, "error": error})
-    except Exception as exc:  # the database unreachable, say: refused all the same
-        error = describe_error(exc)
-        return Verdict(False, "config.reload_failed", {"changed": changed, "error": error})
-    return Verdict(True, "config.reloading", {"changed": changed})
+    if "redis" in changed:
+        error = _redis_change(current, new, same_redis)
+        return Verdict(False, "config.reload_refused", {"changed": changed, "error": error})
+    return Verdict(True, "config.reloaded", {"changed": changed}, new)
 
 
 def changed_sections(current: Config, new: Config) -> list[str]:
@@ -61,11 +73,51 @@ def changed_sections(current: Config, new: Config) -> list[str]:
     return sorted(name for name in after if name != "source" and after[name] != before[name])
 
 
-def _moved_state(current: Config, new: Config) -> str | None:
-    """Why the new config would leave expiryd's queue and ledger behind, if it would."""
+def _redis_change(current: Config, new: Config, same_redis: Callable[[Config], bool | None]) -> str:
     if new.redis.prefix != current.redis.prefix:
-        return "[redis] prefix cannot change on reload: jobs queued under the old one would wait"
-    old_db, new_db = RedisTarget.from_url(current.redis.url), RedisTarget.from_url(new.redis.url)
-    if (old_db.host, old_db.port, old_db.db) != (new_db.host, new_db.port, new_db.db):
-        return "another Redis or DB: drain this one, then restart on the new config"
-    return None
+        return (
+            "[redis] prefix cannot change on reload: jobs queued under the old one would "
+            "wait; drain the queue (expiryd status), then restart on the new config"
+        )
+    same = same_redis(new)
+    if same is False:
+        return (
+            "[redis] url reaches another Redis server or DB: jobs queued in this one would "
+            "wait; drain it (expiryd status), then restart on the new config"
+        )
+    where = "the same Redis server and DB" if same else "a Redis that does not answer now"
+    return (
+        f"[redis] settings change only on a restart (the new url reaches {where}); "
+        "a reload never stops listening. Restart to apply them"
+    )
+
+
+def probe_same_redis(client: redis.Redis, keyspace: Keyspace, url: str) -> bool | None:
+    """Whether `url` reaches the server and DB `client` is connected to: a key written
+    through one and read through the other. None when either side does not answer."""
+    key, token = f"{keyspace.prefix}reload-probe:{uuid.uuid4().hex}", uuid.uuid4().hex
+    other = RedisTarget.from_url(url).client(socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.set(key, token, px=PROBE_MS)
+        try:
+            return other.get(key) == token.encode()
+        finally:
+            client.delete(key)
+    except (redis.RedisError, *CONNECTION_ERRORS):
+        return None
+    finally:
+        other.close()
+
+
+def changed_code(config: Config, since: float) -> list[str]:
+    """The modules of `module:function` handlers whose file changed on disk after `since`
+    (a time.time()): the running daemon keeps the code it loaded."""
+    changed = []
+    for name in sorted({r.handler.partition(":")[0] for r in config.routes if ":" in r.handler}):
+        path = getattr(sys.modules.get(name), "__file__", None)
+        try:
+            if path and os.stat(path).st_mtime > since:
+                changed.append(name)
+        except OSError:
+            continue
+    return changed

@@ -26,12 +26,10 @@ def write_config(
 
 
 @pytest.fixture
-def start_daemon(
-    tmp_path: Path, redis_db: RedisServer, request: pytest.FixtureRequest
-) -> Iterator[StartDaemon]:
-    """Start `expiryd run` on a config. At the end of the test, the job queue must be
-    settled (nothing ready or leased) and the dead letters as many as the test's
-    `dead_letters` mark says (none without one); then every daemon is stopped."""
+def start_daemon(tmp_path: Path, redis_db: RedisServer) -> Iterator[StartDaemon]:
+    """Start `expiryd run` on a config; every daemon started is stopped at the end of the
+    test. A test that expects the job queue settled says so itself, at its end, with
+    `assert_queue_settled`: a teardown that asserts fails a test whose body passed."""
     started: list[DaemonProcess] = []
 
     def start(
@@ -52,20 +50,16 @@ def start_daemon(
         return daemon
 
     yield start
-    try:
-        if started and redis_db.process is not None:
-            assert_queue_settled(redis_db, started, _expected_dead(request))
-    finally:
-        for daemon in started:
-            daemon.stop()
+    for daemon in started:
+        daemon.stop()
 
 
-def _expected_dead(request: pytest.FixtureRequest) -> int:
-    mark = request.node.get_closest_marker("dead_letters")
-    return int(mark.args[0]) if mark else 0
-
-
-def assert_queue_settled(redis_db: RedisServer, daemons: list[DaemonProcess], dead: int) -> None:
+def assert_queue_settled(
+    redis_db: RedisServer, daemons: Sequence[DaemonProcess], dead: int = 0
+) -> None:
+    """Once the daemons still running have had up to `SETTLE_SECONDS` to finish, nothing is
+    ready or leased, no lease has an owner, and the only job records left are the `dead`
+    dead letters the test expects."""
     client = redis_db.client()
     deadline = time.monotonic() + SETTLE_SECONDS
     while True:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.conftest import StartDaemon, write_config
+from tests.e2e.conftest import StartDaemon, assert_queue_settled, write_config
 from tests.support.daemon import DaemonProcess, run_cli, setex
 from tests.support.servers import MariaDB, RedisServer
 from tests.support.shop import ORDER_ROUTES, create_orders, statuses
@@ -66,6 +66,7 @@ def test_configure_redis_sets_the_flags_and_runs(
     run_cli("schedule", "--config", str(daemon.config), "order:cancel:SN1", "--in", "1s")
     daemon.wait_for_event("expiry.handled")
     assert statuses(sqlite_url) == {"SN1": 3}
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_check_passes_on_a_good_setup(

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import StartDaemon
+from tests.e2e.conftest import StartDaemon, assert_queue_settled
 from tests.support.daemon import DaemonProcess, run_cli, setex
 from tests.support.servers import MariaDB, RedisServer
 from tests.support.shop import ORDER_ROUTES, SEED_ORDERS, create_orders, execute, statuses
@@ -42,6 +42,7 @@ def test_orders_are_cancelled_and_completed_with_one_log_line_each(
     assert lines["order:complete:SN2"]["outcome"] == "applied"
     time.sleep(0.5)
     assert len(daemon.handled()) == 2
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_a_key_deleted_before_its_deadline_changes_nothing(
@@ -58,6 +59,7 @@ def test_a_key_deleted_before_its_deadline_changes_nothing(
     time.sleep(1)
     assert [line["key"] for line in daemon.handled()] == ["order:cancel:SN2"]
     assert statuses(mysql_url) == {"SN1": 0, "SN2": 3}
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_an_order_paid_before_its_deadline_is_skipped(
@@ -72,6 +74,7 @@ def test_an_order_paid_before_its_deadline_is_skipped(
     assert line["outcome"] == "skipped"
     assert line["rows"] == 0
     assert statuses(mysql_url) == {"SN1": 1}
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_the_seed_schema_and_key_format_configured_through_orders(
@@ -96,6 +99,7 @@ handler = "orders.cancel"
     assert line["outcome"] == "applied"
     assert line["use_mysql"] == "1"
     assert statuses(mysql_url, SEED_ORDERS) == {"SN1700000000T12345678": "3", "SN1700000001T1": "0"}
+    assert_queue_settled(redis_db, [daemon])
 
 
 @pytest.mark.parametrize("pool", ["none", "queue"])
@@ -118,6 +122,7 @@ def test_an_idle_daemon_outlives_the_servers_wait_timeout(
             cursor.execute("SET GLOBAL wait_timeout = 28800")
     assert lines["order:cancel:SN2"]["outcome"] == "applied"
     assert statuses(mysql_url) == {"SN1": 3, "SN2": 3}
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_an_injection_shaped_key_changes_nothing_else(
@@ -132,6 +137,7 @@ def test_an_injection_shaped_key_changes_nothing_else(
     lines = handled_by_key(daemon, 2)
     assert {line["outcome"] for line in lines.values()} == {"skipped"}
     assert statuses(mysql_url) == {"SN1": 0, "SN2": 0}
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_keys_of_other_shapes_are_unrouted_and_the_daemon_keeps_going(
@@ -157,9 +163,9 @@ def test_keys_of_other_shapes_are_unrouted_and_the_daemon_keeps_going(
     assert lines[-1]["key"] == "order:cancel:SN1"
     assert lines[-1]["outcome"] == "applied"
     assert not any(line["key"].startswith("expiryd:") for line in lines)
+    assert_queue_settled(redis_db, [daemon])
 
 
-@pytest.mark.dead_letters(1)
 def test_a_failing_handler_is_retried_then_dead_lettered_and_the_daemon_keeps_going(
     mysql_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:
@@ -187,6 +193,7 @@ def test_a_failing_handler_is_retried_then_dead_lettered_and_the_daemon_keeps_go
     assert [line["outcome"] for line in lines if line["key"] == "order:cancel:SN1"] == ["applied"]
     listed = run_cli("dead", "list", "--json", "--config", str(daemon.config))
     assert json.loads(listed.stdout)["key"] == "boom:1"
+    assert_queue_settled(redis_db, [daemon], dead=1)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -214,6 +221,7 @@ def test_a_killed_pubsub_connection_is_logged_and_resubscribed(
     assert daemon.events("listener.subscribed")[-1]["resubscribe"] is True
     setex(client, "order:cancel:SN1", 1, "x")
     assert handled_by_key(daemon, 1)["order:cancel:SN1"]["outcome"] == "applied"
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_a_restarted_redis_server_is_reconnected_to(
@@ -227,6 +235,7 @@ def test_a_restarted_redis_server_is_reconnected_to(
     daemon.wait_subscribed(2)
     setex(redis_db.client(), "order:cancel:SN1", 1, "x")
     assert handled_by_key(daemon, 1)["order:cancel:SN1"]["outcome"] == "applied"
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_no_password_appears_in_the_log(
@@ -239,3 +248,4 @@ def test_no_password_appears_in_the_log(
     daemon.stop()
     assert MariaDB.password not in "".join(daemon.raw) + daemon.stderr
     assert "***" in daemon.events("expiryd.started")[0]["database"]
+    assert_queue_settled(redis_db, [daemon])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from tests.e2e.conftest import StartDaemon
+from tests.e2e.conftest import StartDaemon, assert_queue_settled
 from tests.support.daemon import DaemonProcess, psetex_many, setex
 from tests.support.servers import RedisServer
 from tests.support.shop import create_orders, statuses
@@ -71,6 +71,7 @@ def test_expiries_while_the_daemon_is_stopped_are_recovered_after_it_starts(
     assert all(line["recovered"] is True and line["source"] == "recovery" for line in lines)
     assert all(line["lateness_ms"] > 0 and line["deadline"] for line in lines)
     assert set(statuses(mysql_url).values()) == {3}
+    assert_queue_settled(redis_db, [daemon, restarted])
 
 
 def test_a_pubsub_connection_killed_mid_burst_loses_nothing(
@@ -86,6 +87,7 @@ def test_a_pubsub_connection_killed_mid_burst_loses_nothing(
     handled_once_each(daemon, cancel_keys(2000))
     assert daemon.events("redis.disconnected")
     assert set(statuses(mysql_url).values()) == {3}
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_a_subscriber_dropped_for_its_output_buffer_loses_nothing(
@@ -107,6 +109,7 @@ def test_a_subscriber_dropped_for_its_output_buffer_loses_nothing(
     lines = handled_once_each(daemon, keys, timeout=240)
     assert {line["outcome"] for line in lines} == {"applied"}
     assert any(line["recovered"] for line in lines)
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_orders_due_among_100k_other_keys_are_cancelled_within_seconds(
@@ -126,6 +129,7 @@ def test_orders_due_among_100k_other_keys_are_cancelled_within_seconds(
     sources = {line["source"] for line in lines}
     assert "nudge" in sources
     assert "recovery" not in sources  # nothing was missed, so nothing is recovered
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_an_extended_ttl_is_handled_at_the_new_deadline(
@@ -144,6 +148,7 @@ def test_an_extended_ttl_is_handled_at_the_new_deadline(
     assert datetime.fromisoformat(line["timestamp"]).timestamp() >= set_at + 2.9
     time.sleep(0.5)
     assert len(daemon.handled()) == 1
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_persisted_and_deleted_keys_are_not_handled(
@@ -163,6 +168,28 @@ def test_persisted_and_deleted_keys_are_not_handled(
     assert [line["key"] for line in daemon.handled()] == ["order:cancel:SN3"]
     assert statuses(sqlite_url) == {"SN1": 0, "SN2": 0, "SN3": 3}
     assert client.zcard(LEDGER) == 0
+    assert_queue_settled(redis_db, [daemon])
+
+
+def test_a_timer_deleted_while_the_daemon_is_stopped_is_not_applied_at_its_deadline(
+    sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
+) -> None:
+    create_orders(sqlite_url, {"SN1": 0, "SN2": 0})
+    client = redis_db.client()
+    daemon = start_daemon(sqlite_url)
+    setex(client, "order:cancel:SN1", 4)
+    setex(client, "order:cancel:SN2", 4)
+    wait_for_ledger(client, 2)
+    assert daemon.stop() == 0
+    client.delete("order:cancel:SN1")  # the order was paid: its timer is cleared
+    restarted = start_daemon(sqlite_url)
+    (synced,) = restarted.wait_for_event("ledger.synced")
+    assert synced["forgotten"] == 1
+    restarted.wait_for_event("expiry.handled", timeout=15)
+    time.sleep(1)
+    assert [line["key"] for line in restarted.handled()] == ["order:cancel:SN2"]
+    assert statuses(sqlite_url) == {"SN1": 0, "SN2": 3}
+    assert_queue_settled(redis_db, [daemon, restarted])
 
 
 def test_capture_values_hands_the_value_to_the_handler(
@@ -183,3 +210,4 @@ def test_capture_values_hands_the_value_to_the_handler(
     }
     assert received == {"hook:a": '{"order": "SN1", "amount": 12}', "hook:b": "延迟任务"}
     assert client.hlen("expiryd:values") == 0
+    assert_queue_settled(redis_db, [daemon])

@@ -9,7 +9,7 @@ import time
 
 import redis
 
-from tests.e2e.conftest import StartDaemon
+from tests.e2e.conftest import StartDaemon, assert_queue_settled
 from tests.support.daemon import DaemonProcess
 from tests.support.servers import RedisServer
 from tests.support.shop import create_orders, statuses
@@ -51,6 +51,7 @@ def test_timers_deleted_1ms_before_their_deadline_never_fire(
     # On a loaded machine some DELs come after their deadline: those timers expired.
     assert len(expired_first) < 180, "the DELs came too late to test anything"
     assert sorted(keys_handled(daemon)) == sorted([*expired_first, "t:kept"])
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_timers_moved_away_or_replaced_fire_only_as_they_now_stand(
@@ -72,6 +73,7 @@ def test_timers_moved_away_or_replaced_fire_only_as_they_now_stand(
     copied = next(line for line in daemon.handled() if line["key"] == "t:copied")
     assert restored["deadline"] > copied["deadline"]  # its own, later TTL
     assert redis_db.client(14).exists("t:moved") == 0  # expired in DB 14, not ours
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_keys_expiring_in_other_dbs_are_not_handled(
@@ -83,6 +85,7 @@ def test_keys_expiring_in_other_dbs_are_not_handled(
     daemon.wait_for_event("expiry.handled")
     time.sleep(1.5)
     assert keys_handled(daemon) == ["t:here"]
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_events_published_while_redis_refuses_the_ledger_are_all_applied_after(
@@ -123,6 +126,7 @@ def test_events_published_while_redis_refuses_the_ledger_are_all_applied_after(
     assert [line["key"] for line in orders] == ["order:cancel:SN1"]
     assert len(daemon.handled()) == 301
     assert statuses(sqlite_url) == {"SN1": 3, "SN2": 0}
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_a_key_set_again_right_after_it_expired_is_handled_again(
@@ -146,3 +150,4 @@ def test_a_key_set_again_right_after_it_expired_is_handled_again(
     lines = daemon.handled()
     assert len(lines) == rounds
     assert len({line["expiry_id"] for line in lines}) == rounds
+    assert_queue_settled(redis_db, [daemon])

@@ -7,10 +7,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import StartDaemon, write_config
+from tests.e2e.conftest import StartDaemon, assert_queue_settled, write_config
 from tests.support.daemon import psetex_many, run_cli, setex
 from tests.support.servers import RedisServer, free_port
 
@@ -73,6 +72,7 @@ def test_metrics_count_what_the_log_says_during_and_after_a_burst(
     assert value(after, "expiryd_lateness_seconds_bucket", route="t:{n}", le="+Inf") == BURST
     assert value(after, "expiryd_last_handled_timestamp_seconds") > 0
     assert value(after, "expiryd_redis_reconnects_total") == 0
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_a_metrics_port_in_use_stops_the_start_with_one_line(
@@ -101,7 +101,6 @@ def test_a_metrics_listen_that_is_not_host_and_port_is_a_config_error(
     assert "[metrics] listen: '9308' is not HOST:PORT" in result.stderr
 
 
-@pytest.mark.dead_letters(1)
 def test_the_gauges_follow_the_queue_and_the_loops(
     start_daemon: StartDaemon, redis_db: RedisServer, sqlite_url: str
 ) -> None:
@@ -123,3 +122,4 @@ def test_the_gauges_follow_the_queue_and_the_loops(
     redis_db.client().client_kill_filter(_type="pubsub")  # the listener loses Redis...
     daemon.wait_subscribed(2)  # ...and subscribes again
     assert value(scrape(port), "expiryd_redis_reconnects_total") == 1
+    assert_queue_settled(redis_db, [daemon], dead=1)

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.e2e.conftest import REPO, StartDaemon, write_config
+from tests.e2e.conftest import REPO, StartDaemon, assert_queue_settled, write_config
 from tests.support.daemon import DaemonProcess, run_cli, setex
 from tests.support.servers import MariaDB, RedisServer
 from tests.support.shop import ORDER_ROUTES, create_orders, statuses
@@ -120,7 +120,6 @@ def test_a_config_it_may_not_read_is_one_line_not_a_traceback() -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.dead_letters(1)
 def test_hostile_key_names_are_escaped_in_logs_and_dead_list(
     sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:
@@ -134,6 +133,7 @@ def test_hostile_key_names_are_escaped_in_logs_and_dead_list(
     for shown in ("".join(daemon.raw), listed.stdout):
         assert "\x1b[2J" not in shown and "\u202e" not in shown
         assert "\\x1b[2J" in shown and "\\u202e" in shown
+    assert_queue_settled(redis_db, [daemon], dead=1)
 
 
 def test_values_over_max_value_bytes_are_not_captured(
@@ -149,9 +149,9 @@ def test_values_over_max_value_bytes_are_not_captured(
     received = {r["key"]: r["value"] for r in map(json.loads, out.read_text().splitlines())}
     assert received == {"hook:small": "0123456789", "hook:large": None}
     assert daemon.events("ledger.value_not_captured")[0]["keys"] == 1
+    assert_queue_settled(redis_db, [daemon])
 
 
-@pytest.mark.dead_letters(1)
 def test_dead_letters_are_replayed_and_purged_by_key(
     sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:
@@ -170,6 +170,7 @@ def test_dead_letters_are_replayed_and_purged_by_key(
     listed = run_cli("dead", "list", "--json", "--config", config).stdout.splitlines()
     assert sorted(json.loads(line)["key"] for line in listed) == ["boom:2", "boom:3"]
     run_cli("dead", "purge", "boom:3", "--config", config)
+    assert_queue_settled(redis_db, [daemon], dead=1)
 
 
 def test_configure_redis_sets_the_flags_again_after_a_redis_restart(
@@ -189,3 +190,4 @@ def test_configure_redis_sets_the_flags_again_after_a_redis_restart(
     setex(redis_db.client(), "order:cancel:SN1", 1)
     daemon.wait_for_event("expiry.handled", timeout=15)
     assert statuses(sqlite_url) == {"SN1": 3}
+    assert_queue_settled(redis_db, [daemon])

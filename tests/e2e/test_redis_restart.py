@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from tests.e2e.conftest import StartDaemon
+from tests.e2e.conftest import StartDaemon, assert_queue_settled
 from tests.support.daemon import DaemonProcess, psetex_many
 from tests.support.servers import RedisServer
 from tests.support.shop import add_calls, calls
@@ -53,3 +53,4 @@ def test_keys_set_as_soon_as_a_restarted_redis_answers_are_all_handled(
     assert sorted(key for key, _, _ in calls(sqlite_url)) == KEYS
     gap = resubscribed_at(daemon) - ready_at(redis_db)
     print(f"resubscribed {gap:.3f} s after Redis was ready")
+    assert_queue_settled(redis_db, [daemon])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.conftest import REPO, StartDaemon, write_config
+from tests.e2e.conftest import REPO, StartDaemon, assert_queue_settled, write_config
 from tests.support.daemon import DaemonProcess, setex
 from tests.support.servers import RedisServer
 
@@ -32,6 +32,7 @@ def test_concurrency_runs_that_many_batches_at_once(
     assert sorted(c["key"] for c in calls) == ["t:0", "t:1", "t:2"]
     # Each call sleeps 2 s: one worker would run them one after another.
     assert max(c["began"] for c in calls) < min(c["ended"] for c in calls)  # type: ignore[type-var]
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_work_processes_drain_the_queue_beside_run_without_listening(
@@ -60,3 +61,4 @@ def test_work_processes_drain_the_queue_beside_run_without_listening(
     assert not worker.events("listener.subscribed") and not worker.events("ledger.synced")
     (stopped,) = worker.events("expiryd.stopped")
     assert stopped["applied"] == len(worker.handled()) > 0
+    assert_queue_settled(redis_db, [runner, worker])

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import StartDaemon, write_config
+from tests.e2e.conftest import StartDaemon, assert_queue_settled, write_config
 from tests.e2e.test_metrics import scrape, value
 from tests.support.daemon import DaemonProcess, run_cli, setex
 from tests.support.notify import NotifySocket
@@ -93,6 +93,7 @@ def test_status_shows_the_live_daemon_what_it_handled_the_ledger_and_the_queue(
     assert [d["alive"] for d in after["daemons"]] == [False]
     text = run_cli("status", "--config", str(daemon.config))
     assert text.returncode == 1 and "NOT HEALTHY" in text.stdout and "gone" in text.stdout
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_status_with_no_daemon_ever_run_is_unhealthy(
@@ -168,6 +169,7 @@ def test_a_stalled_loop_makes_status_not_healthy_until_it_turns_again(
     finally:
         release.touch()  # a failed check must not leave the handler hanging for a minute
         notify.close()
+    assert_queue_settled(redis_db, [daemon])
 
 
 def _last_problem(report: dict[str, Any]) -> str | None:

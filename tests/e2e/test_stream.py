@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import StartDaemon, write_config
+from tests.e2e.conftest import StartDaemon, assert_queue_settled, write_config
 from tests.support.daemon import psetex_many, run_cli, setex
 from tests.support.servers import RedisServer
 
@@ -43,6 +43,7 @@ def test_expiries_reach_the_stream_once_each_with_their_fields_for_a_consumer_gr
     }
     assert client.xack("expiryd:expired", "billing", *(i for i, _ in entries)) == 51
     assert client.xpending("expiryd:expired", "billing")["pending"] == 0
+    assert_queue_settled(redis_db, [daemon])
 
 
 @pytest.mark.parametrize(

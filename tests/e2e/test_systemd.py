@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import REPO, StartDaemon
+from tests.e2e.conftest import REPO, StartDaemon, assert_queue_settled
 from tests.support.daemon import psetex_many, setex
 from tests.support.notify import Message, NotifySocket
 from tests.support.servers import RedisServer
-from tests.support.shop import create_orders, statuses
+from tests.support.shop import create_orders, rows, statuses
 
 UNIT = REPO / "systemd" / "expiryd.service"
 ACCEPT = '[[routes]]\npattern = "t:{n}"\nhandler = "tests.support.hooks:accept"\n'
@@ -117,6 +117,7 @@ def test_systemd_hears_ready_once_subscribed_then_watchdog_status_and_stopping(
         assert int(stopping.fields["EXTEND_TIMEOUT_USEC"]) >= 30_000_000  # grace_seconds
     finally:
         notify.close()
+    assert_queue_settled(redis_db, [daemon])
 
 
 def _wait_for_pings(notify: NotifySocket, after: float, count: int) -> list[Message]:
@@ -160,6 +161,7 @@ def test_a_handler_that_never_returns_stops_the_watchdog_until_it_does(
         _wait_for_pings(notify, after=time.monotonic(), count=1)
     finally:
         notify.close()
+    assert_queue_settled(redis_db, [daemon])
 
 
 CONFINE = [sys.executable, "-m", "tests.support.confine"]
@@ -195,6 +197,7 @@ def test_the_daemon_runs_under_the_units_syscall_filter_and_write_xor_execute(
     assert statuses(mysql_url) == {"SN1": 3}
     assert daemon.stop() == 0
     assert "Traceback" not in daemon.stderr
+    assert_queue_settled(redis_db, [daemon])
 
 
 SLEEPY = (
@@ -217,8 +220,13 @@ def test_a_long_group_of_quick_statements_is_not_taken_for_a_stuck_one(
         psetex_many(redis_db.client(), [f"sleepy:{n}" for n in range(10)], 500)
         lines = daemon.wait_for_event("expiry.handled", 10, timeout=40)
         assert {line["outcome"] for line in lines} == {"applied"}
+        # One group, one transaction: its ten inbox rows were written by one insert, with
+        # one time; groups of their own would be 0.4 s apart or more.
+        times = rows(mysql_url, "SELECT applied_at_ms FROM expiryd_applied")
+        assert len(times) == 10 and len(set(times)) == 1, times
         assert not daemon.events("loop.stalled")
         pings = [m for m in notify.with_field("WATCHDOG") if m.at > ready.at]
         assert max(_gaps(pings)) < WATCHDOG_SECONDS
     finally:
         notify.close()
+    assert_queue_settled(redis_db, [daemon])

@@ -11,9 +11,8 @@ from datetime import datetime
 from pathlib import Path
 
 import msgpack
-import pytest
 
-from tests.e2e.conftest import StartDaemon
+from tests.e2e.conftest import StartDaemon, assert_queue_settled
 from tests.support.daemon import DaemonProcess, setex
 from tests.support.servers import RedisServer
 from tests.support.shop import add_calls, calls
@@ -34,7 +33,6 @@ def lease_a_slow_job(
     return daemon
 
 
-@pytest.mark.dead_letters(4)
 def test_a_handler_raising_systemexit_or_the_like_is_an_outcome_not_a_dead_worker(
     sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:
@@ -51,6 +49,7 @@ def test_a_handler_raising_systemexit_or_the_like_is_an_outcome_not_a_dead_worke
     assert outcomes.pop("t:after") == "applied"
     assert set(outcomes.values()) == {"dead"}
     assert daemon.running and not daemon.events("thread.died")
+    assert_queue_settled(redis_db, [daemon], dead=4)
 
 
 def test_a_thread_that_ends_takes_the_daemon_down_with_a_traceback_in_json(
@@ -74,13 +73,12 @@ UNREADABLE = {
 }
 
 
-@pytest.mark.dead_letters(len(UNREADABLE))
 def test_jobs_with_numbers_packed_as_floats_or_unreadable_records_are_settled(
     sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:
     """Lua packs a number as a float when it is not whole; a deadline past the year 9999
     fits no date; a record something else wrote is dead-lettered whole, by a settle that
-    does not stop halfway (the queue's records and owners are checked after the test)."""
+    does not stop halfway (the queue's records and owners are checked at the end)."""
     client = redis_db.client()
     for job_id, deadline in (("a" * 32, 1.735e12), ("b" * 32, 300000000000000)):
         record = [f"t:{job_id[0]}", "event", 1.7e12, deadline, False, 0.0, 0, "", False]
@@ -99,6 +97,7 @@ def test_jobs_with_numbers_packed_as_floats_or_unreadable_records_are_settled(
         assert lines[job_id]["outcome"] == "dead"
         assert "not one expiryd wrote" in lines[job_id]["error"]
     assert not daemon.events("worker.crashed")
+    assert_queue_settled(redis_db, [daemon], dead=len(UNREADABLE))
 
 
 def test_a_daemon_killed_with_a_job_in_hand_uses_up_no_attempt(
@@ -117,6 +116,7 @@ def test_a_daemon_killed_with_a_job_in_hand_uses_up_no_attempt(
     assert (line["outcome"], line["attempt"]) == ("applied", 1)
     time.sleep(3)
     assert [(key, attempt) for key, _, attempt in calls(sqlite_url)] == [("slow:1", 1)]
+    assert_queue_settled(redis_db, [first, second])
 
 
 def test_a_live_worker_keeps_its_lease_through_a_call_longer_than_the_lease(
@@ -131,6 +131,7 @@ def test_a_live_worker_keeps_its_lease_through_a_call_longer_than_the_lease(
     time.sleep(2.5)  # past the lease, were it not renewed
     assert not daemon.events("jobs.requeued")
     assert [(key, attempt) for key, _, attempt in calls(sqlite_url)] == [("slow:1", 1)]
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_a_pending_retry_survives_a_restart_and_runs_as_the_next_attempt(
@@ -154,6 +155,7 @@ def test_a_pending_retry_survives_a_restart_and_runs_as_the_next_attempt(
         "applied", 2, retry["expiry_id"],
     )  # fmt: skip
     assert calls(sqlite_url) == [("once:1", retry["expiry_id"], 2)]
+    assert_queue_settled(redis_db, [first, second])
 
 
 def test_a_custom_handler_receives_the_id_attempt_and_deadline(
@@ -168,6 +170,7 @@ def test_a_custom_handler_receives_the_id_attempt_and_deadline(
     assert received["id"] == line["expiry_id"] and len(received["id"]) == 32
     assert received["attempt"] == 1
     assert datetime.fromisoformat(received["deadline"]) == datetime.fromisoformat(line["deadline"])
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_a_stop_that_outlasts_the_grace_ends_within_it(
@@ -181,6 +184,7 @@ def test_a_stop_that_outlasts_the_grace_ends_within_it(
     assert daemon.events("expiryd.stopped")[0]["unfinished"] == 1
     left_on_purpose = ("expiryd:jobs:leases", "expiryd:jobs", "expiryd:jobs:owners")
     redis_db.client().delete(*left_on_purpose)
+    assert_queue_settled(redis_db, [daemon])
 
 
 FAST = '[[routes]]\npattern = "fast:{n}"\nhandler = "tests.support.hooks:record_call"\n'
@@ -228,6 +232,7 @@ def test_a_worker_that_lost_its_lease_runs_no_more_of_its_batch(
     assert daemon.events("batch.slow")[0]["jobs"] == 1
     assert daemon.events("jobs.requeued")
     assert sorted(key for key, _, _ in calls(sqlite_url)) == ["fast:1", "slow:1"]
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_a_stop_puts_back_the_groups_not_started_using_up_nothing(
@@ -246,12 +251,12 @@ def test_a_stop_puts_back_the_groups_not_started_using_up_nothing(
     (line,) = second.wait_for_event("expiry.handled")
     assert (line["key"], line["attempt"], line["outcome"]) == ("fast:1", 1, "applied")
     assert not second.events("jobs.requeued")
+    assert_queue_settled(redis_db, [first, second])
 
 
 POISON = '[[routes]]\npattern = "p:{n}"\nhandler = "tests.support.hooks:exit_on_poison"\n'
 
 
-@pytest.mark.dead_letters(1)
 def test_a_job_that_kills_its_worker_is_found_out_and_the_rest_of_its_group_runs_once(
     sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:
@@ -276,6 +281,7 @@ def test_a_job_that_kills_its_worker_is_found_out_and_the_rest_of_its_group_runs
     assert "stopped 5 times" in lines["p:poison"]["error"]
     assert {lines[k]["outcome"] for k in ("p:1", "p:2", "p:3")} == {"applied"}
     assert sorted(key for key, _, _ in calls(sqlite_url)) == ["p:1", "p:2", "p:3"]
+    assert_queue_settled(redis_db, [last], dead=1)
 
 
 def test_the_unit_gives_the_daemon_more_time_to_stop_than_its_grace() -> None:
@@ -304,3 +310,4 @@ def test_orders_whose_number_is_not_plain_digits_are_skipped_on_an_integer_colum
         setex(client, f"order:cancel:{number}", 1)
     lines = daemon.wait_for_event("expiry.handled", 3, timeout=15)
     assert {line["outcome"] for line in lines} == {"skipped"}
+    assert_queue_settled(redis_db, [daemon])

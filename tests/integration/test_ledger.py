@@ -314,3 +314,21 @@ def test_claims_in_one_round_trip_keep_their_order_and_win_once(
     assert again is None
     assert (job(client, first).key, job(client, second).key) == (b"a", b"b")
     assert job(client, first).value == b"va"
+
+
+def test_a_key_deleted_unheard_before_its_deadline_is_forgotten_after_the_gap(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    for n in range(5):
+        client.set(f"t:{n}", "v", ex=100)
+    client.set("t:due", "v", px=50)
+    ledger.record([f"t:{n}".encode() for n in range(5)] + [b"t:due"])
+    client.delete("t:1")  # deleted, persisted, renamed while nobody listened
+    client.persist("t:2")
+    client.rename("t:3", "t:moved")
+    time.sleep(0.1)  # t:due expired: that is the sweep's and reconcile's to recover
+    assert ledger.forget_deleted(limit=2) == 3  # in chunks smaller than the ledger
+    kept = {key.decode() for key in client.zrange(KEYSPACE.deadlines, 0, -1)}
+    assert kept == {"t:0", "t:4", "t:due"}
+    assert client.hkeys(KEYSPACE.values) and b"t:1" not in client.hkeys(KEYSPACE.values)
+    assert ledger.forget_deleted() == 0

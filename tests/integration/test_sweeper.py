@@ -12,7 +12,6 @@ import redis
 
 from expiryd import defaults
 from expiryd.redis.ledger import Ledger
-from expiryd.redis.queue import JobQueue
 from expiryd.redis.sweeper import Sweeper
 from tests.integration.conftest import KEYSPACE
 
@@ -45,8 +44,14 @@ def running(
     client.zadd(KEYSPACE.deadlines, {f"k{n}": 1_700_000_000_000 + n for n in range(DUE)})
     markers, subscribed, stop = Markers(), threading.Event(), threading.Event()
     subscribed.set()
-    queue = JobQueue(client, KEYSPACE)
-    sweeper = Sweeper(Ledger(client, KEYSPACE), queue, "me:", subscribed, markers.heard, stop, 1024)
+    sweeper = Sweeper(
+        ledger=Ledger(client, KEYSPACE),
+        marker_prefix="me:",
+        subscribed=subscribed,
+        marker_heard=markers.heard,
+        stop=stop,
+        max_key_bytes=1024,
+    )
     thread = threading.Thread(target=sweeper.run, daemon=True)
     thread.start()
     yield markers, subscribed
