@@ -33,3 +33,8 @@ class Result:
         if rows == 0:
             return cls(Outcome.SKIPPED, 0)
         return cls(Outcome.APPLIED, rows)
+
+
+Ending = Result | BaseException
+"""What became of one expiry of a group: its result, or what it raised (an exception
+the worker rules on: retried, deferred or dead-lettered)."""

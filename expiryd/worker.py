@@ -23,10 +23,9 @@ from expiryd.backoff import Backoff
 from expiryd.config import WorkerSettings
 from expiryd.expiry import Expiry
 from expiryd.handlers import Handler
-from expiryd.handlers import Outcome as HandlerOutcome
 from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, display_key, get_logger
-from expiryd.outcomes import Outcome, Result
+from expiryd.outcomes import Ending, Outcome, Result
 from expiryd.redis.connections import CONNECTION_ERRORS
 from expiryd.redis.queue import MISSING, Job, JobQueue, Settlement
 from expiryd.retries import Busy, Verdict, classify
@@ -375,7 +374,7 @@ class Worker:
         except UnicodeDecodeError:
             return None, "key is not valid UTF-8"
 
-    def _rule(self, attempt: _Attempt, outcome: HandlerOutcome) -> Ruling:
+    def _rule(self, attempt: _Attempt, outcome: Ending) -> Ruling:
         """What one expiry's outcome comes to: its result, a retry, or a dead letter."""
         if not isinstance(outcome, BaseException):
             return Ruling(outcome)

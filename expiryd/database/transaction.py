@@ -16,11 +16,10 @@ from sqlalchemy import Connection, Engine
 from expiryd.database.inbox import Inbox
 from expiryd.expiry import Expiry
 from expiryd.logs import describe_error, get_logger
-from expiryd.outcomes import Result
+from expiryd.outcomes import Ending, Result
 from expiryd.retries import Retry
 
-Outcome = Result | BaseException
-Work = Callable[[Connection, list[Expiry]], list[Outcome]]
+Work = Callable[[Connection, list[Expiry]], list[Ending]]
 """A handler's work on a connection in a transaction: one outcome per expiry, in order."""
 
 
@@ -30,7 +29,7 @@ class CommitUnknown(Retry):
 
 def run_in_transaction(
     engine: Engine, inbox: Inbox | None, expiries: Sequence[Expiry], work: Work
-) -> list[Outcome]:
+) -> list[Ending]:
     """Run `work` on the expiries the inbox does not hold yet and commit it with their
     inbox entries; those it holds get the result their committed attempt had. Raises
     what `work` raised (nothing committed), or `CommitUnknown`."""
@@ -62,7 +61,7 @@ def _ids(expiries: Sequence[Expiry]) -> list[str]:
     return [e.id for e in expiries if e.id]
 
 
-def _settled(todo: list[Expiry], outcomes: list[Outcome]) -> list[tuple[str, int, Result]]:
+def _settled(todo: list[Expiry], outcomes: list[Ending]) -> list[tuple[str, int, Result]]:
     """The inbox entries: every expiry with an id whose work ended in a result."""
     return [
         (e.id, e.attempt, outcome)

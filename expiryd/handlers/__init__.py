@@ -21,17 +21,14 @@ from expiryd.database.inbox import Inbox, exists
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
 from expiryd.liveness import beat_here
-from expiryd.outcomes import Result
+from expiryd.outcomes import Ending, Result
 from expiryd.routes import Route
-
-Outcome = Result | BaseException
-"""What became of one expiry of a group: its result, or what it raised."""
 
 
 class Handler(Protocol):
     def __call__(self, expiry: Expiry) -> Result: ...
 
-    def run_many(self, expiries: Sequence[Expiry]) -> list[Outcome]: ...
+    def run_many(self, expiries: Sequence[Expiry]) -> list[Ending]: ...
 
 
 def run_one(handler: Handler, expiry: Expiry) -> Result:
@@ -42,9 +39,9 @@ def run_one(handler: Handler, expiry: Expiry) -> Result:
     return outcome
 
 
-def one_by_one(run: Callable[[Expiry], Result], expiries: Sequence[Expiry]) -> list[Outcome]:
+def one_by_one(run: Callable[[Expiry], Result], expiries: Sequence[Expiry]) -> list[Ending]:
     """Each expiry on its own: what one raises is its outcome, not the others'."""
-    outcomes: list[Outcome] = []
+    outcomes: list[Ending] = []
     for expiry in expiries:
         beat_here()
         try:

@@ -27,10 +27,9 @@ from sqlalchemy import Connection, Engine
 from expiryd.database.inbox import Inbox
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
-from expiryd.handlers import Outcome as Ending
 from expiryd.handlers import one_by_one, run_one
 from expiryd.handlers.transactional import Transactional
-from expiryd.outcomes import Outcome, Result
+from expiryd.outcomes import Ending, Outcome, Result
 from expiryd.routes import Route
 
 

@@ -24,10 +24,8 @@ from expiryd.database.engine import reflect_table, skips_locked_rows
 from expiryd.database.inbox import Inbox
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
-from expiryd.handlers import Outcome
 from expiryd.handlers.transactional import Transactional
-from expiryd.outcomes import Outcome as Kind
-from expiryd.outcomes import Result
+from expiryd.outcomes import Ending, Outcome, Result
 from expiryd.retries import Busy
 from expiryd.routes import Route
 
@@ -78,7 +76,7 @@ class OrderTransition(Transactional):
     """The server can skip rows other transactions hold (MariaDB >= 10.6, MySQL >= 8.0)."""
     inbox: Inbox | None
 
-    def work(self, connection: Connection, expiries: list[Expiry]) -> list[Outcome]:
+    def work(self, connection: Connection, expiries: list[Expiry]) -> list[Ending]:
         numbers = [coerce(e.fields[defaults.ORDER_FIELD], self.key_type) for e in expiries]
         wanted = {number for number in numbers if number is not None}
         locked = self._change(connection, wanted) if wanted else set()
@@ -133,22 +131,22 @@ class Row:
     """Still in a `from` status after this transaction's change: another holds it."""
 
 
-def _outcomes(numbers: list[Any], locked: set[Any], unsure: dict[Any, list[Row]]) -> list[Outcome]:
+def _outcomes(numbers: list[Any], locked: set[Any], unsure: dict[Any, list[Row]]) -> list[Ending]:
     """One outcome per expiry: applied if a row it names was changed and not yet credited
     to an earlier expiry of the group (an order named twice is changed once), Busy if a
     row it names is held by another transaction, else skipped."""
-    outcomes: list[Outcome] = []
+    outcomes: list[Ending] = []
     credited: set[Any] = set()
     for number in numbers:
         rows = [Row(number, False)] if number in locked else unsure.get(number, [])
         mine = [row.key for row in rows if row.key in locked and row.key not in credited]
         if mine:
             credited.add(mine[0])
-            outcomes.append(Result(Kind.APPLIED, 1))
+            outcomes.append(Result(Outcome.APPLIED, 1))
         elif any(row.due and row.key not in locked for row in rows):
             outcomes.append(Busy("the order's row is locked by another transaction"))
         else:
-            outcomes.append(Result(Kind.SKIPPED, 0))
+            outcomes.append(Result(Outcome.SKIPPED, 0))
     return outcomes
 
 

@@ -15,9 +15,8 @@ from sqlalchemy.exc import ArgumentError
 from expiryd.database.inbox import Inbox
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
-from expiryd.handlers import Outcome
 from expiryd.handlers.transactional import Transactional
-from expiryd.outcomes import Result
+from expiryd.outcomes import Ending, Result
 from expiryd.routes import Route
 
 
@@ -28,7 +27,7 @@ class SqlStatement(Transactional):
     params: tuple[str, ...]
     inbox: Inbox | None
 
-    def work(self, connection: Connection, expiries: list[Expiry]) -> list[Outcome]:
+    def work(self, connection: Connection, expiries: list[Expiry]) -> list[Ending]:
         counts = [connection.execute(self.statement, self._values(e)).rowcount for e in expiries]
         return [Result.from_rows(rows if rows >= 0 else None) for rows in counts]
 

@@ -17,8 +17,8 @@ import redis
 
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
-from expiryd.handlers import Outcome, run_one
-from expiryd.outcomes import Result
+from expiryd.handlers import run_one
+from expiryd.outcomes import Ending, Result
 from expiryd.routes import Route
 
 DEFAULT_MAXLEN = 100_000
@@ -34,7 +34,7 @@ class StreamAppend:
     def __call__(self, expiry: Expiry) -> Result:
         return run_one(self, expiry)
 
-    def run_many(self, expiries: Sequence[Expiry]) -> list[Outcome]:
+    def run_many(self, expiries: Sequence[Expiry]) -> list[Ending]:
         """One round trip for the group; a connection error fails (and retries) it all."""
         with self.client.pipeline(transaction=False) as pipe:
             for expiry in expiries:

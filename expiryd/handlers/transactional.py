@@ -13,8 +13,8 @@ from sqlalchemy import Connection, Engine
 from expiryd.database.inbox import Inbox
 from expiryd.database.transaction import CommitUnknown, run_in_transaction
 from expiryd.expiry import Expiry
-from expiryd.handlers import Outcome, one_by_one, run_one
-from expiryd.outcomes import Result
+from expiryd.handlers import one_by_one, run_one
+from expiryd.outcomes import Ending, Result
 
 
 class Transactional:
@@ -23,7 +23,7 @@ class Transactional:
     engine: Engine
     inbox: Inbox | None
 
-    def work(self, connection: Connection, expiries: list[Expiry]) -> list[Outcome]:
+    def work(self, connection: Connection, expiries: list[Expiry]) -> list[Ending]:
         """The group's statements on `connection`, inside the transaction: one outcome
         per expiry, in order."""
         raise NotImplementedError
@@ -31,7 +31,7 @@ class Transactional:
     def __call__(self, expiry: Expiry) -> Result:
         return run_one(self, expiry)
 
-    def run_many(self, expiries: Sequence[Expiry]) -> list[Outcome]:
+    def run_many(self, expiries: Sequence[Expiry]) -> list[Ending]:
         try:
             return run_in_transaction(self.engine, self.inbox, expiries, self.work)
         except CommitUnknown as exc:

@@ -19,9 +19,8 @@ from expiryd.database.inbox import Inbox, exists
 from expiryd.database.transaction import CommitUnknown
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
-from expiryd.handlers import Handler, Outcome, build_handlers
-from expiryd.outcomes import Outcome as Kind
-from expiryd.outcomes import Result
+from expiryd.handlers import Handler, build_handlers
+from expiryd.outcomes import Ending, Outcome, Result
 from expiryd.retries import Busy
 from expiryd.routes import match_route
 from tests.support.proxy import FaultProxy
@@ -76,7 +75,7 @@ def counts(url: str) -> list[object]:
     return [n for (n,) in rows(url, "SELECT n FROM counters ORDER BY id")]
 
 
-def results(outcomes: list[Outcome]) -> list[Result]:
+def results(outcomes: list[Ending]) -> list[Result]:
     assert all(isinstance(o, Result) for o in outcomes), outcomes
     return outcomes  # type: ignore[return-value]
 
@@ -99,7 +98,7 @@ def test_a_lost_commit_reply_runs_no_statement_twice(mysql_url: str, proxy: Faul
     assert "Lost connection" in warning["error"]
 
     retried = results(bump.run_many(expiries(loaded, [e.key for e in group], attempt=2)))
-    assert retried == [Result(Kind.APPLIED, 1, committed_by_attempt=1)] * 20
+    assert retried == [Result(Outcome.APPLIED, 1, committed_by_attempt=1)] * 20
     assert counts(mysql_url) == [1] * 20
 
 
@@ -117,7 +116,7 @@ def test_a_callable_given_the_connection_runs_once_despite_a_lost_reply(
     first = bump.run_many(expiries(loaded, keys))
     assert all(isinstance(o, CommitUnknown) for o in first), first
     retried = results(bump.run_many(expiries(loaded, keys, attempt=2)))
-    assert retried == [Result(Kind.APPLIED, 1, committed_by_attempt=1)] * 5
+    assert retried == [Result(Outcome.APPLIED, 1, committed_by_attempt=1)] * 5
     assert counts(mysql_url) == [1] * 5
 
 
@@ -137,7 +136,7 @@ def test_a_lost_commit_reply_of_cancelled_orders_is_applied_not_skipped(
     assert set(statuses(mysql_url).values()) == {3}
 
     retried = results(cancel.run_many(expiries(loaded, keys, attempt=2)))
-    assert retried == [Result(Kind.APPLIED, 1, committed_by_attempt=1)] * 10
+    assert retried == [Result(Outcome.APPLIED, 1, committed_by_attempt=1)] * 10
 
 
 @pytest.mark.mysql
@@ -161,12 +160,12 @@ def test_a_settled_expiry_is_never_run_again_by_a_later_attempt(database_url: st
     create_counters(database_url, 3)
     loaded, bump = handler_for(database_url, BUMP)
     keys = ["bump:0", "bump:1"]
-    assert results(bump.run_many(expiries(loaded, keys))) == [Result(Kind.APPLIED, 1)] * 2
+    assert results(bump.run_many(expiries(loaded, keys))) == [Result(Outcome.APPLIED, 1)] * 2
     again = results(bump.run_many(expiries(loaded, [*keys, "bump:2"], attempt=2)))
     assert again == [
-        Result(Kind.APPLIED, 1, committed_by_attempt=1),
-        Result(Kind.APPLIED, 1, committed_by_attempt=1),
-        Result(Kind.APPLIED, 1),
+        Result(Outcome.APPLIED, 1, committed_by_attempt=1),
+        Result(Outcome.APPLIED, 1, committed_by_attempt=1),
+        Result(Outcome.APPLIED, 1),
     ]
     assert counts(database_url) == [1, 1, 1]
 
@@ -181,7 +180,7 @@ def test_a_group_rolled_back_records_only_what_then_committed_alone(database_url
         ),
     )
     outcomes = insert.run_many(expiries(loaded, ["bump:0", "bump:1", "bump:2"]))
-    assert outcomes[0] == outcomes[2] == Result(Kind.APPLIED, 1)
+    assert outcomes[0] == outcomes[2] == Result(Outcome.APPLIED, 1)
     assert isinstance(outcomes[1], Exception)
     entries = rows(database_url, "SELECT expiry_id FROM expiryd_applied ORDER BY expiry_id")
     assert entries == [("id-bump:0",), ("id-bump:2",)]
@@ -239,7 +238,7 @@ def test_a_key_differing_in_case_from_its_row_is_applied(database_url: str) -> N
     create_nocase_orders(database_url, {"SN7": 0, "SN8": 1})
     loaded, cancel = handler_for(database_url, ORDER_ROUTES)
     outcomes = cancel.run_many(expiries(loaded, ["order:cancel:sn7", "order:cancel:sn8"]))
-    assert results(outcomes) == [Result(Kind.APPLIED, 1), Result(Kind.SKIPPED, 0)]
+    assert results(outcomes) == [Result(Outcome.APPLIED, 1), Result(Outcome.SKIPPED, 0)]
     assert statuses(database_url) == {"SN7": 3, "SN8": 1}
 
 
@@ -247,7 +246,7 @@ def test_one_order_named_twice_in_two_cases_is_changed_once(database_url: str) -
     create_nocase_orders(database_url, {"SN7": 0})
     loaded, cancel = handler_for(database_url, ORDER_ROUTES)
     outcomes = cancel.run_many(expiries(loaded, ["order:cancel:sn7", "order:cancel:SN7"]))
-    assert results(outcomes) == [Result(Kind.APPLIED, 1), Result(Kind.SKIPPED, 0)]
+    assert results(outcomes) == [Result(Outcome.APPLIED, 1), Result(Outcome.SKIPPED, 0)]
 
 
 @pytest.mark.mysql
@@ -273,9 +272,9 @@ def test_a_held_order_named_in_another_case_waits_and_is_applied_after(mysql_url
         release.set()
         holder.join()
     assert isinstance(outcomes[0], Busy), outcomes
-    assert outcomes[1] == Result(Kind.APPLIED, 1)
+    assert outcomes[1] == Result(Outcome.APPLIED, 1)
     assert statuses(mysql_url) == {"SN5": 0, "SN7": 3}
 
     again = cancel.run_many(expiries(loaded, ["order:cancel:sn5"], attempt=2))
-    assert again == [Result(Kind.APPLIED, 1)]
+    assert again == [Result(Outcome.APPLIED, 1)]
     assert statuses(mysql_url) == {"SN5": 3, "SN7": 3}
