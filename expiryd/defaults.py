@@ -168,8 +168,8 @@ INBOX_TABLE = "expiryd_applied"
 
 INBOX_KEEP_SECONDS = 7 * 24 * 3600
 """How long the inbox keeps an id: a retry looks for it there, and the longest a retry
-can come after its commit (every attempt's backoff, a lease or two, a week-long outage
-of the workers) is far shorter."""
+can come after its commit (every attempt's backoff, a lease or two, a day-long outage of
+the workers) is far shorter. A dead letter replayed later than this runs as new."""
 
 INBOX_PRUNE_SECONDS = 60.0
 """How often one process deletes ids past their keeping time."""

@@ -16,8 +16,9 @@ class Retry(Exception):
 
 
 class Busy(Retry):
-    """What the expiry changes is held by someone else for now (an order's row locked by
-    the shop's own transaction): tried again shortly, without using up an attempt."""
+    """Tried again shortly, without using up an attempt: what the expiry changes is held
+    by someone else for now (an order's row locked by the shop's own transaction), or
+    whether its work committed is for the inbox to tell (a COMMIT's reply lost)."""
 
 
 class Permanent(Exception):

@@ -71,7 +71,7 @@ def table_for(name: str) -> Table:
         Column("attempt", Integer, nullable=False),
         Column("applied_at_ms", BigInteger, nullable=False),
     )
-    Index(f"{name}_applied_at", table.c.applied_at_ms)
+    Index(f"{name[:48]}_applied_at", table.c.applied_at_ms)  # within MySQL's 64 characters
     return table
 
 
@@ -119,6 +119,8 @@ class Inbox:
         try:
             create_table(engine, name)
         except Exception as exc:  # no CREATE privilege, most often
+            if exists(engine, name):  # another process created it at the same moment
+                return cls(table_for(name))
             raise ConfigError(
                 f"[database] inbox_table {name!r}: cannot create it ({describe_error(exc)}); "
                 f"{how_to_create(name, engine)}"

@@ -12,18 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from expiryd.database.inbox import Inbox
 from expiryd.expiry import Expiry
 from expiryd.logs import describe_error, get_logger
 from expiryd.outcomes import Ending, Result
-from expiryd.retries import Retry
+from expiryd.retries import Busy
 
 Work = Callable[[Connection, list[Expiry]], list[Ending]]
 """A handler's work on a connection in a transaction: one outcome per expiry, in order."""
 
 
-class CommitUnknown(Retry):
+class CommitUnknown(Busy):
     """The COMMIT was sent and its reply never came: the work may have committed."""
 
 
@@ -41,7 +42,7 @@ def run_in_transaction(
             todo = [e for e in expiries if e.id not in done]
             outcomes = work(connection, todo) if todo else []
             if inbox:
-                inbox.record(connection, _settled(todo, outcomes))
+                _record(inbox, connection, _settled(todo, outcomes))
         except BaseException:
             transaction.rollback()
             raise
@@ -83,6 +84,20 @@ def _unknown(expiries: Sequence[Expiry], inbox: Inbox | None, exc: Exception) ->
         else "retried; without the inbox, what did commit runs again",
     )
     return CommitUnknown(f"the COMMIT's reply was lost, so it may have committed: {error}")
+
+
+class CommittedMeanwhile(Busy):
+    """Another attempt of an expiry (its lease lapsed under a worker that lives on)
+    committed while this one ran: rolled back, and the retry finds it in the inbox."""
+
+
+def _record(inbox: Inbox, connection: Connection, done: list[tuple[str, int, Result]]) -> None:
+    try:
+        inbox.record(connection, done)
+    except IntegrityError as exc:
+        raise CommittedMeanwhile(
+            f"another attempt committed one of these expiries meanwhile: {describe_error(exc)}"
+        ) from exc
 
 
 def _close(connection: Connection) -> None:

@@ -58,9 +58,13 @@ class ConnectionHandler(Transactional):
     inbox: Inbox | None
 
     def work(self, connection: Connection, expiries: list[Expiry]) -> list[Ending]:
-        if is_batch(self.function):
-            return _results(self.function(expiries, connection=connection), expiries)
-        return [to_result(self.function(e, connection=connection)) for e in expiries]
+        if not is_batch(self.function):
+            return [to_result(self.function(e, connection=connection)) for e in expiries]
+        endings = _results(self.function(expiries, connection=connection), expiries)
+        failed = [e for e in endings if isinstance(e, BaseException)]
+        if failed:  # its statements are in this transaction: roll back, each on its own
+            raise failed[0]
+        return endings
 
 
 def _results(returned: Sequence[Any], expiries: Sequence[Expiry]) -> list[Ending]:

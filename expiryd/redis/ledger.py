@@ -142,17 +142,18 @@ class Ledger:
 
     def forget_deleted(self, beat: Beat = no_beat, limit: int = defaults.SWEEP_LIMIT) -> int:
         """Forget every incarnation whose key left before its deadline without an event
-        heard (deleted while expiryd was not listening); the number forgotten."""
-        ks, offset, forgotten = self.keyspace, 0, 0
+        heard (deleted while expiryd was not listening); the number forgotten. Pages by
+        deadline, so entries the dispatcher adds or removes meanwhile move no other."""
+        ks, after, forgotten = self.keyspace, 0, 0
         while True:
             beat()
-            looked_at, dropped = self._forget_deleted(
-                keys=[ks.deadlines, ks.values], args=[offset, limit]
+            looked_at, dropped, last = self._forget_deleted(
+                keys=[ks.deadlines, ks.gone, ks.gone_deadlines, ks.values], args=[after, limit]
             )
             forgotten += int(dropped)
             if int(looked_at) < limit:
                 return forgotten
-            offset += int(looked_at) - int(dropped)
+            after = int(last)
 
     def scan(
         self, max_key_bytes: int, beat: Beat = no_beat, count: int = defaults.SCAN_COUNT

@@ -94,8 +94,9 @@ class Sweeper:
     def _scan(self) -> None:
         started = time.perf_counter()
         try:
-            recorded = self.ledger.scan(self.max_key_bytes, self.beat)
+            # First: a deadline that passes during a long scan is no longer ahead.
             forgotten = self.ledger.forget_deleted(self.beat)
+            recorded = self.ledger.scan(self.max_key_bytes, self.beat)
         except Exception:
             self._resync.set()
             raise

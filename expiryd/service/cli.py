@@ -7,14 +7,10 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from expiryd import __version__, config, logs
 from expiryd.errors import ServiceError, UserError
 from expiryd.redact import scrub
-
-if TYPE_CHECKING:
-    pass
 
 EXAMPLES = {
     "run": "expiryd run --config /etc/expiryd/expiryd.toml",
@@ -125,12 +121,12 @@ def _init_db(args: argparse.Namespace) -> int:
 
     settings = config.load(args.config)
     engine = make_engine(settings.database)
-    tables = {settings.orders.table: lambda: create_sample_table(engine, settings.orders)}
+    tables = [(settings.orders.table, lambda: create_sample_table(engine, settings.orders))]
     if settings.database.inbox:
-        name = settings.database.inbox_table
-        tables[name] = lambda: inbox.create_table(engine, name)
+        table = settings.database.inbox_table
+        tables.append((table, lambda: inbox.create_table(engine, table)))
     try:
-        for name, create in tables.items():
+        for name, create in tables:
             try:
                 created = create()
             except Exception as exc:

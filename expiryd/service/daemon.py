@@ -92,6 +92,7 @@ class Daemon:
         self._numbered = 0
         self.workers = [self._worker(config, handlers) for _ in range(config.worker.concurrency)]
         self._crew: list[tuple[Worker, threading.Thread]] = []
+        self._old_engines: list[Engine] = []
         """Every worker started, with its thread, retired ones included until they end."""
         self.listener = Listener(
             self.target,
@@ -213,7 +214,8 @@ class Daemon:
         for _, thread in self._crew:
             thread.join(timeout=_left(deadline))
         unfinished = sum(w.in_hand for w, thread in self._crew if thread.is_alive())
-        self.engine.dispose()
+        for engine in (self.engine, *self._old_engines):
+            engine.dispose()
         counts = self.tally.by_outcome()
         self._log.info(
             "expiryd.stopped",
@@ -266,7 +268,9 @@ class Daemon:
         for worker in self.workers:
             worker.use(config.routes, handlers, config.worker)
         self._resize_workers(config, handlers)
-        old_engine.dispose()  # connections still out close when their batch returns them
+        # Batches in hand, and retired workers, may still use the old engine's pool:
+        # disposed at exit, not now.
+        self._old_engines.append(old_engine)
         stale = reload.changed_code(config, self.started_at)
         self._log.info("config.reloaded", **fields, code_changed_on_disk=stale or None)
         self.notifier.send(READY=1, STATUS="running")
@@ -296,7 +300,7 @@ class Daemon:
         return self.listener.subscribed.is_set() and self.sweeper.synced.is_set()
 
     def _in_hand(self) -> int:
-        return sum(worker.in_hand for worker in self.workers)
+        return sum(worker.in_hand for worker, _ in self._crew)
 
     def _wake_workers(self) -> None:
         for worker in self.workers:
@@ -318,6 +322,7 @@ class Daemon:
         )
 
     def _start_worker(self, worker: Worker) -> None:
+        self._crew = [(w, thread) for w, thread in self._crew if thread.is_alive()]
         self._crew.append((worker, self._start(worker.name, worker.run, worker.stop)))
 
     def _resize_workers(self, config: Config, handlers: Mapping[str, Handler]) -> None:
@@ -457,11 +462,12 @@ class Daemon:
             self._log.warning("redis.unreachable", error=describe_error(exc))
 
     def _install_signal_handlers(self) -> None:
-        # Only set flags here: logging from a signal handler could deadlock on the log lock.
+        # Only set flags here: the handler runs on the main thread between two of its
+        # steps, so taking a lock the main thread may hold (the log's, a worker's stop
+        # event's) could deadlock. The main loop quiets the workers within 0.5 s.
         def request_stop(signum: int, _frame: FrameType | None) -> None:
             if self._signal is None:
                 self._signal = signal.Signals(signum).name
-            self._quiet_workers(self.workers)
             self.stop.set()
 
         signal.signal(signal.SIGTERM, request_stop)

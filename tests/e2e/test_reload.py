@@ -71,8 +71,12 @@ def test_a_reload_applies_routes_and_workers_in_place_and_never_stops_hearing_re
     with Producer(redis_db.client()) as producer:
         time.sleep(0.5)
         setex(client, "order:cancel:SN2", 2)  # a timer deleted while the reload runs
-        (reloaded,) = reload_with(daemon, RECORD + ORDER_ROUTES + "[worker]\nconcurrency = 3\n")
-        client.delete("order:cancel:SN2")
+        assert daemon.config is not None
+        body = RECORD + ORDER_ROUTES + "[worker]\nconcurrency = 3\n"
+        daemon.config.write_text(daemon.config.read_text().split("[[routes]]")[0] + body)
+        daemon.process.send_signal(signal.SIGHUP)
+        client.delete("order:cancel:SN2")  # while the reload runs
+        (reloaded,) = daemon.wait_for_event("config.reloaded", timeout=40)
         time.sleep(1)
     assert reloaded["changed"] == ["routes", "worker"]
     assert daemon.process.pid == pid and daemon.running

@@ -120,6 +120,16 @@ def test_a_callable_given_the_connection_runs_once_despite_a_lost_reply(
     assert counts(mysql_url) == [1] * 5
 
 
+def test_an_expiry_a_batch_handler_fails_keeps_none_of_its_statements(database_url: str) -> None:
+    create_counters(database_url, 4)
+    handler = "tests.support.connection_hooks:bump_all_failing_odd"
+    route = f'[[routes]]\npattern = "bump:{{id}}"\nhandler = "{handler}"\n'
+    loaded, bump = handler_for(database_url, route)
+    endings = bump.run_many(expiries(loaded, [f"bump:{i}" for i in range(4)]))
+    assert [isinstance(e, Exception) for e in endings] == [False, True, False, True]
+    assert counts(database_url) == [1, 0, 1, 0]
+
+
 @pytest.mark.mysql
 def test_a_lost_commit_reply_of_cancelled_orders_is_applied_not_skipped(
     mysql_url: str, proxy: FaultProxy

@@ -332,3 +332,28 @@ def test_a_key_deleted_unheard_before_its_deadline_is_forgotten_after_the_gap(
     assert kept == {"t:0", "t:4", "t:due"}
     assert client.hkeys(KEYSPACE.values) and b"t:1" not in client.hkeys(KEYSPACE.values)
     assert ledger.forget_deleted() == 0
+
+
+def test_forgetting_pages_on_while_events_change_the_ledger(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    keys = [f"p:{n}" for n in range(10)]
+    for n, key in enumerate(keys):
+        client.set(key, "v", px=100_000 + n * 1000)
+    client.set("p:same-ms-a", "v", pxat=now_ms(client) + 105_000)  # ties across a page
+    client.set("p:same-ms-b", "v", pxat=now_ms(client) + 105_000)
+    ledger.record([k.encode() for k in [*keys, "p:same-ms-a", "p:same-ms-b"]])
+    client.delete(*keys[1:], "p:same-ms-a", "p:same-ms-b")  # nine, and both ties
+
+    pages = 0
+
+    def between_pages() -> None:  # the dispatcher applying a `del` event meanwhile
+        nonlocal pages
+        pages += 1
+        if pages == 2:  # p:0, kept by the first page, now paid and its timer cleared
+            client.delete("p:0")
+            ledger.apply([Step(Op.FORGET, b"p:0")])
+
+    assert ledger.forget_deleted(between_pages, limit=3) == 11
+    assert pages > 2
+    assert client.zcard(KEYSPACE.deadlines) == 0

@@ -18,3 +18,11 @@ def bump(expiry: Expiry, connection: Connection) -> int:
 @expiryd.batch
 def bump_all(expiries: list[Expiry], connection: Connection) -> list[int]:
     return [connection.execute(BUMP, {"id": e.fields["id"]}).rowcount for e in expiries]
+
+
+@expiryd.batch
+def bump_all_failing_odd(expiries: list[Expiry], connection: Connection) -> list[object]:
+    """Bumps every counter, then says the odd ones failed: their bumps must not stay."""
+    for e in expiries:
+        connection.execute(BUMP, {"id": e.fields["id"]})
+    return [expiryd.Retry("odd") if int(e.fields["id"]) % 2 else True for e in expiries]
