@@ -92,8 +92,9 @@ class Daemon:
         self._numbered = 0
         self.workers = [self._worker(config, handlers) for _ in range(config.worker.concurrency)]
         self._crew: list[tuple[Worker, threading.Thread]] = []
-        self._old_engines: list[Engine] = []
         """Every worker started, with its thread, retired ones included until they end."""
+        self._old_engines: list[Engine] = []
+        """Engines a reload replaced: batches begun before it may still use them."""
         self.listener = Listener(
             self.target,
             keyspace,
