@@ -5,10 +5,9 @@ with log lines only now and then."""
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from expiryd import defaults
 from expiryd.liveness import Beat, no_beat
@@ -58,6 +57,12 @@ class LogPace:
         self._lines = 0
 
 
+class Stop(Protocol):
+    """What a wait ends early on: a `threading.Event`, or the launcher on the main thread."""
+
+    def wait(self, timeout: float) -> bool: ...
+
+
 class Backoff:
     """Counts failures in a row; `next_delay` grows with them, `reset` after a success."""
 
@@ -92,12 +97,12 @@ class Backoff:
         self.failures = self._grown = 0
         self._pace.reset()
 
-    def wait(self, stop: threading.Event) -> None:
+    def wait(self, stop: Stop) -> None:
         """Wait out the next delay, or until `stop` is set."""
         self._wait(stop, self.next_delay())
 
     def wait_after(
-        self, stop: threading.Event, log: Any, event: str, error: str, exc_info: bool = False
+        self, stop: Stop, log: Any, event: str, error: str, exc_info: bool = False
     ) -> None:
         """Log a failure as `event` (a warning, with the traceback if asked) and wait out
         the next delay, or until `stop` is set."""
@@ -107,7 +112,7 @@ class Backoff:
         self._wait(stop, delay)
 
     def wait_steadily_after(
-        self, stop: threading.Event, log: Any, event: str, error: str, interval: float
+        self, stop: Stop, log: Any, event: str, error: str, interval: float
     ) -> None:
         """Count a failure that is cheap to try again, log it as `event` if the log's pace
         allows (the first of a run, then less and less often), and wait `interval`, or
@@ -117,6 +122,6 @@ class Backoff:
             log.warning(event, error=error, attempt=self.failures, retry_in_s=round(interval, 2))
         self._wait(stop, interval)
 
-    def _wait(self, stop: threading.Event, seconds: float) -> None:
+    def _wait(self, stop: Stop, seconds: float) -> None:
         self.beat(seconds)
         stop.wait(seconds)

@@ -1,6 +1,9 @@
-"""The worker: leases jobs from the queue, runs each one's handler, and settles it:
-acknowledged after the database commit, retried later, or dead-lettered. One
-`expiry.handled` line per attempt.
+"""The worker: a component that leases jobs from the queue, runs each one's handler, and
+settles it: acknowledged after the database commit, retried later, or dead-lettered.
+One `expiry.handled` line per attempt.
+
+Quieted, it finishes the group in hand and puts the rest of its batch back. In burst
+mode (`work(burst=True)`, for tests) it returns once no job is ready.
 
 Each job is handled on its own: whatever goes wrong with one (a handler raising anything
 at all, a deadline that does not fit a date, a log line that cannot be written) becomes
@@ -13,24 +16,28 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from expiryd import defaults, liveness
 from expiryd.backoff import Backoff
+from expiryd.component import Component
 from expiryd.config import WorkerSettings
 from expiryd.expiry import Expiry
 from expiryd.handlers import Handler
+from expiryd.lease import Lease, LeaseRenewer
 from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, display_key, get_logger
 from expiryd.outcomes import Ending, Outcome, Result
 from expiryd.redis.connections import CONNECTION_ERRORS
+from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.queue import MISSING, Job, JobQueue, Settlement
 from expiryd.retries import Busy, Verdict, classify
 from expiryd.routes import Route, match_route
 from expiryd.tally import Tally
+
+_log = get_logger()
 
 _SETTLE = {
     Outcome.APPLIED: "ack",
@@ -60,19 +67,6 @@ class Ruling:
         return Settlement(job_id, action, self.delay_ms, self.fields.get("error", ""))
 
 
-@dataclass
-class _Lease:
-    """The batch in hand, shared with its heartbeat: the jobs still held (changed and
-    renewed under `lock`), whether Redis said some are ours no longer, and the group
-    running now (route, jobs, since when)."""
-
-    held: set[str]
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    lost: bool = False
-    running: tuple[str, int, float] | None = None
-    slow_warnings: int = 0
-
-
 @dataclass(frozen=True)
 class _Plan:
     """What a reload hands a worker: its routes, their handlers, its settings."""
@@ -94,75 +88,90 @@ class _Attempt:
     duration_ms: float = 0.0
 
 
-class Worker:
+class Worker(Component):
     def __init__(
         self,
+        *,
         queue: JobQueue,
         routes: Sequence[Route],
         handlers: Mapping[str, Handler],
         settings: WorkerSettings,
-        max_key_bytes: int,
-        stop: threading.Event,
+        keys: KeyFilter,
         tally: Tally,
         beat: Beat = no_beat,
         name: str = "worker",
     ) -> None:
-        self.name = name
+        super().__init__(name=name, beat=beat)
         self.queue = queue
         self.routes = routes
         self.handlers = handlers
         self.settings = settings
-        self.max_key_bytes = max_key_bytes
-        self.stop = stop
-        self.beat = beat
+        self.keys = keys
+        self.tally = tally
         self.wake = threading.Event()
         """Set when jobs were queued, so an idle worker need not wait for its next poll."""
-        self.tally = tally
         self.in_hand = 0
         self._token = uuid.uuid4().hex
         self._backoff = Backoff.reconnecting(beat)
         self._log = get_logger()
         self._next: _Plan | None = None
+        self._plan_lock = threading.Lock()
 
     def use(
         self, routes: Sequence[Route], handlers: Mapping[str, Handler], settings: WorkerSettings
     ) -> None:
         """Run with these from the next batch on (a reload); the batch in hand finishes
         with what it started with."""
-        self._next = _Plan(routes, handlers, settings)
+        with self._plan_lock:
+            self._next = _Plan(routes, handlers, settings)
+        self.wake.set()
+
+    def quiet(self) -> None:
+        super().quiet()
         self.wake.set()
 
     def _take_up_plan(self) -> None:
-        plan, self._next = self._next, None
+        with self._plan_lock:
+            plan, self._next = self._next, None
         if plan is not None:
             self.routes, self.handlers, self.settings = plan.routes, plan.handlers, plan.settings
             liveness.bind(self.beat, self.settings.lease_seconds)
 
     def run(self) -> None:
-        """Take and run batches until `stop` is set; the group in hand is always finished."""
+        self.work()
+
+    def work(self, burst: bool = False) -> None:
+        """Take and run batches until quieted, or with `burst` until no job is ready; the
+        group in hand is always finished."""
         # A handler's statement ends within the lease (the driver's timeouts).
         liveness.bind(self.beat, self.settings.lease_seconds)
-        while not self.stop.is_set():
+        while not self.halt.is_set():
             self.beat()
             self._take_up_plan()
             try:
-                self._requeue_lapsed()
-                jobs, missing = self.queue.take(
-                    self.settings.batch_size, self.settings.lease_seconds * 1000, self._token
-                )
-                if missing:
-                    self._log.error("jobs.missing", jobs=missing, reason=MISSING)
-                if jobs:
-                    self._run_batch(jobs)
-                else:
-                    self.wake.wait(defaults.WORKER_POLL_SECONDS)
-                    self.wake.clear()
+                if not self._turn(wait=not burst) and burst:
+                    return
                 self._backoff.reset()
             except CONNECTION_ERRORS as exc:
                 # Jobs taken and not settled are handed out again when their lease lapses.
                 self._pause("queue.unavailable", exc)
             except Exception as exc:  # a bug or a Redis refusal must not end the worker
                 self._pause("worker.crashed", exc, exc_info=True)
+
+    def _turn(self, wait: bool) -> bool:
+        """Run one batch, or (with `wait`) wait a while for one; whether there was one."""
+        self._requeue_lapsed()
+        jobs, missing = self.queue.take(
+            self.settings.batch_size, self.settings.lease_seconds * 1000, self._token
+        )
+        if missing:
+            self._log.error("jobs.missing", jobs=missing, reason=MISSING)
+        if jobs:
+            self._run_batch(jobs)
+        elif wait and not self.halt.is_set():
+            self.wake.wait(defaults.WORKER_POLL_SECONDS)
+            self.wake.clear()
+        return bool(jobs)
 
     def _requeue_lapsed(self) -> None:
         """Hand out again the jobs whose worker's lease lapsed (it was killed mid-batch),
@@ -175,94 +184,46 @@ class Worker:
             self._log.error("jobs.missing", jobs=missing, reason=MISSING)
 
     def _pause(self, event: str, exc: Exception, exc_info: bool = False) -> None:
-        self._backoff.wait_after(self.stop, self._log, event, describe_error(exc), exc_info)
+        self._backoff.wait_after(self.halt, self._log, event, describe_error(exc), exc_info)
 
     def _run_batch(self, jobs: list[Job]) -> None:
         """Run the jobs, a route's group at a time, each group marked as it starts and
         settled as it ends. After a worker died with some of them in hand, one job at a
         time instead, so that a job which kills its worker is found out and takes no
-        other job's progress with it. Meanwhile a heartbeat renews the lease. Once
-        stopping, or once the lease of some was lost, what is not started yet is put
-        back, using up no attempt."""
+        other job's progress with it. Meanwhile a renewer renews the lease. Once quieted,
+        or once the lease of some was lost, what is not started yet is put back, using up
+        no attempt."""
         self.in_hand = len(jobs)
-        lease = _Lease({job.id for job in jobs})
+        lease = Lease({job.id for job in jobs})
+        renewer = LeaseRenewer(
+            queue=self.queue,
+            token=self._token,
+            lease=lease,
+            lease_seconds=self.settings.lease_seconds,
+        )
+        renewer.start()
         try:
-            with self._heartbeat(lease):
-                size = 1 if any(job.lapses for job in jobs) else len(jobs)
-                for start in range(0, len(jobs), size):
-                    for settled in self._run_jobs(jobs[start : start + size], lease):
-                        self._settle(settled, lease)
-                        if self.stop.is_set() or lease.lost:
-                            break
-                    if self.stop.is_set() or lease.lost:
-                        self._settle([Settlement(i, "defer") for i in lease.held], lease)
-                        return
+            size = 1 if any(job.lapses for job in jobs) else len(jobs)
+            for start in range(0, len(jobs), size):
+                for settled in self._run_jobs(jobs[start : start + size], lease):
+                    self._settle(settled, lease)
+                    if self.halt.is_set() or lease.lost:
+                        break
+                if self.halt.is_set() or lease.lost:
+                    self._settle([Settlement(i, "defer") for i in lease.held], lease)
+                    return
         finally:
+            renewer.stop(time.monotonic() + self.settings.lease_seconds)
             self.in_hand = 0
 
-    def _settle(self, done: list[Settlement], lease: _Lease) -> None:
+    def _settle(self, done: list[Settlement], lease: Lease) -> None:
         with lease.lock:
             ours = self.queue.settle(self._token, done)
             lease.held.difference_update(s.job_id for s in done)
         self.in_hand -= len(done)
-        self._check_held(lease, ours, len(done))
+        lease.count_held(ours, len(done))
 
-    def _check_held(self, lease: _Lease, ours: int, expected: int) -> None:
-        """Redis said only `ours` of `expected` jobs are still this worker's: the others
-        lapsed (Redis was out of reach for longer than the lease) and went to another
-        worker. The batch stops after the group it runs; the rest is put back."""
-        if ours < expected and not lease.lost:
-            lease.lost = True
-            self._log.warning("lease.lost", jobs=expected - ours, held=ours)
-
-    @contextmanager
-    def _heartbeat(self, lease: _Lease) -> Iterator[None]:
-        """Renew the batch's lease every third of it, from a thread of its own, while the
-        batch runs: a lease lapses only when its worker is gone, however long one handler
-        call takes. (A statement that hangs is ended by the driver's timeouts.)"""
-        done = threading.Event()
-        beat = threading.Thread(target=self._renew, args=(lease, done), name="heartbeat")
-        beat.daemon = True
-        beat.start()
-        try:
-            yield
-        finally:
-            done.set()
-            beat.join()
-
-    def _renew(self, lease: _Lease, done: threading.Event) -> None:
-        every = self.settings.lease_seconds / 3
-        wait = every
-        while not done.wait(wait):
-            wait = every
-            try:
-                self._extend(lease)
-            except Exception as exc:  # Redis away for now: try again soon, not a beat later
-                wait = min(1.0, every)
-                error = describe_error(exc)
-                self._log.warning("lease.not_renewed", jobs=len(lease.held), error=error)
-            self._warn_if_slow(lease)
-
-    def _extend(self, lease: _Lease) -> None:
-        """Renew the jobs still held (and find out whether they still are)."""
-        with lease.lock:
-            held = list(lease.held)
-            renewed = self.queue.extend(self._token, held, self.settings.lease_seconds * 1000)
-        self._check_held(lease, renewed, len(held))
-
-    def _warn_if_slow(self, lease: _Lease) -> None:
-        """A group that runs past its lease (a handler that does not return) is said once
-        a lease: its jobs stay leased, and nobody else runs them, for as long as it runs."""
-        running = lease.running
-        if running is None:
-            return
-        route, jobs, started = running
-        late = time.monotonic() - started
-        if late >= self.settings.lease_seconds * (lease.slow_warnings + 1):
-            lease.slow_warnings += 1
-            self._log.warning("batch.slow", route=route, jobs=jobs, running_s=round(late, 1))
-
-    def _run_jobs(self, jobs: list[Job], lease: _Lease) -> Iterator[list[Settlement]]:
+    def _run_jobs(self, jobs: list[Job], lease: Lease) -> Iterator[list[Settlement]]:
         """Settlements, a group at a time: first the jobs decided without a handler
         (unrouted, out of attempts), then each route's group in one handler call."""
         attempts = [self._prepare(job) for job in jobs]
@@ -275,7 +236,7 @@ class Worker:
                 groups.setdefault(attempt.route.name, []).append(attempt)  # type: ignore[union-attr]
         for name, group in groups.items():
             marked = self.queue.mark_started(self._token, [a.job.id for a in group])
-            self._check_held(lease, marked, len(group))
+            lease.count_held(marked, len(group))
             if lease.lost:
                 return
             lease.running, lease.slow_warnings = (name, len(group), time.monotonic()), 0
@@ -326,7 +287,7 @@ class Worker:
             error = f"its worker stopped {job.lapses} times while running it (killed or crashed)"
             attempt.ruling = Ruling.dead(error)
             return
-        key, reason = self._decode(job.key)
+        key, reason = self.keys.decode(job.key)
         match = match_route(self.routes, key) if key is not None else None
         if match is None:
             reason = reason or "no route matches"
@@ -355,25 +316,6 @@ class Worker:
         self._log_line(attempt.line, ruling, attempt.duration_ms)
         return ruling.settlement(attempt.job.id)
 
-    def report_unqueued(self, raw_key: bytes, reason: str) -> None:
-        """An expiry not worth queueing (its key is too long to route): one line, no job."""
-        line = {"key": display_key(raw_key), "route": None, "handler": None}
-        self._log_line(line, Ruling(Result(Outcome.UNROUTED), {"reason": reason}), 0.0)
-
-    def reason_unqueued(self, raw_key: bytes) -> str | None:
-        if len(raw_key) > self.max_key_bytes:
-            return f"key is {len(raw_key)} bytes, over max_key_bytes={self.max_key_bytes}"
-        return None
-
-    def _decode(self, raw_key: bytes) -> tuple[str | None, str | None]:
-        reason = self.reason_unqueued(raw_key)
-        if reason:
-            return None, reason
-        try:
-            return raw_key.decode("utf-8"), None
-        except UnicodeDecodeError:
-            return None, "key is not valid UTF-8"
-
     def _rule(self, attempt: _Attempt, outcome: Ending) -> Ruling:
         """What one expiry's outcome comes to: its result, a retry, or a dead letter."""
         if not isinstance(outcome, BaseException):
@@ -392,25 +334,33 @@ class Worker:
         return Ruling.dead(error)
 
     def _log_line(self, line: dict[str, Any], ruling: Ruling, duration_ms: float) -> None:
-        outcome = ruling.result.outcome
-        self.tally.record(line["route"], outcome, line.get("lateness_ms"))
-        log = {
-            Outcome.DEAD: self._log.error,
-            Outcome.RETRY: self._log.warning,
-        }.get(outcome, self._log.info)
-        fields = {
-            **line,
-            "outcome": outcome.value,
-            "rows": ruling.result.rows,
-            "duration_ms": round(duration_ms, 3),
-            **ruling.fields,
-        }
-        if ruling.result.committed_by_attempt is not None:
-            fields["committed_by_attempt"] = ruling.result.committed_by_attempt
-        try:
-            log("expiry.handled", **fields)
-        except Exception as exc:  # never lose the line: write what is sure to fit
-            log("expiry.handled", key=line["key"], outcome=outcome.value, log_error=str(exc))
+        log_handled(self.tally, line, ruling, duration_ms)
+
+
+def log_handled(tally: Tally, line: dict[str, Any], ruling: Ruling, duration_ms: float) -> None:
+    """The `expiry.handled` line of one attempt, counted in `tally`."""
+    outcome = ruling.result.outcome
+    tally.record(line["route"], outcome, line.get("lateness_ms"))
+    write = {Outcome.DEAD: _log.error, Outcome.RETRY: _log.warning}.get(outcome, _log.info)
+    fields = {
+        **line,
+        "outcome": outcome.value,
+        "rows": ruling.result.rows,
+        "duration_ms": round(duration_ms, 3),
+        **ruling.fields,
+    }
+    if ruling.result.committed_by_attempt is not None:
+        fields["committed_by_attempt"] = ruling.result.committed_by_attempt
+    try:
+        write("expiry.handled", **fields)
+    except Exception as exc:  # never lose the line: write what is sure to fit
+        write("expiry.handled", key=line["key"], outcome=outcome.value, log_error=str(exc))
+
+
+def report_unqueued(tally: Tally, raw_key: bytes, reason: str) -> None:
+    """An expiry not worth queueing (its key no route can take): one line, no job."""
+    line = {"key": display_key(raw_key), "route": None, "handler": None}
+    log_handled(tally, line, Ruling(Result(Outcome.UNROUTED), {"reason": reason}), 0.0)
 
 
 def _timing(job: Job, deadline: datetime | None) -> dict[str, Any]:

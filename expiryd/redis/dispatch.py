@@ -1,21 +1,34 @@
-"""From Redis events to ledger changes and queued jobs, in the order the events came.
+"""The dispatcher: a component that turns the events the listener heard into ledger
+changes and queued jobs, in the order the events came.
 
-Events wait in `pending` until Redis has taken them: a window of mixed events goes to
-Redis in one round trip, and a window that fails stays, whole, to be tried again.
+Heard events wait in `heard` (bounded: when it is full the listener waits), then in
+`pending` until Redis has taken them: a window of mixed events goes to Redis in one
+round trip, and a window that fails stays, whole, to be tried again.
+
+Quieting it changes nothing: it applies what is heard until it is stopped, and then,
+once the listener has ended, what is left, by the stop's deadline. In burst mode
+(`work(burst=True)`, for tests) it returns once nothing heard is left.
 """
 
 from __future__ import annotations
 
-import threading
+import queue
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import redis
+
 from expiryd import defaults
-from expiryd.logs import display_key, get_logger
-from expiryd.redis.keyspace import Keyspace
+from expiryd.backoff import Backoff
+from expiryd.component import Component
+from expiryd.liveness import Beat, no_beat
+from expiryd.logs import describe_error, display_key, get_logger
+from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.ledger import Applied, Ledger, Op, Step
 from expiryd.redis.listener import Event, Kind
+from expiryd.redis.markers import Markers
 
 STEPS = {
     Kind.EXPIRED: Op.CLAIM,
@@ -47,34 +60,105 @@ class _Window:
     reported: list[tuple[bytes, str]] = field(default_factory=list)
 
 
-class Dispatcher:
+class Dispatcher(Component):
     def __init__(
         self,
+        *,
         ledger: Ledger,
-        keyspace: Keyspace,
-        marker_prefix: str,
-        unqueued_reason: Callable[[bytes], str | None],
+        markers: Markers,
+        keys: KeyFilter,
         report_unqueued: Callable[[bytes, str], None],
         queued: Callable[[], None],
+        beat: Beat = no_beat,
     ) -> None:
+        super().__init__(name="dispatcher", beat=beat)
         self.ledger = ledger
-        self.keyspace = keyspace
-        self.marker_prefix = marker_prefix.encode()
-        self.unqueued_reason = unqueued_reason
+        self.markers = markers
+        self.keys = keys
         self.report_unqueued = report_unqueued
         self.queued = queued
+        """Called when jobs were queued, to wake the workers."""
+        self.heard: queue.Queue[Event] = queue.Queue(maxsize=defaults.HEARD_EVENTS_LIMIT)
         self.pending: deque[Event] = deque()
         self._window: _Window | None = None
         self._fresh: dict[bytes, int] = {}
-        self._marker_ms = 0
-        self._marker_heard = threading.Condition()
+        self._deadline = 0.0
+        self._backoff = Backoff.reconnecting(beat)
         self._log = get_logger()
 
-    def wait_for_marker(self, marker_ms: int, timeout: float) -> bool:
-        """Whether this daemon's marker of `marker_ms` (or a later one) has been heard
-        and reconciled, waiting up to `timeout` seconds for it."""
-        with self._marker_heard:
-            return self._marker_heard.wait_for(lambda: self._marker_ms >= marker_ms, timeout)
+    def hear(self, event: Event, timeout: float) -> bool:
+        """Take an event from the listener; False if none could be taken within
+        `timeout` seconds, too many waiting already."""
+        try:
+            self.heard.put(event, timeout=timeout)
+        except queue.Full:
+            return False
+        return True
+
+    @property
+    def unapplied(self) -> int:
+        return len(self.pending) + self.heard.qsize()
+
+    def quiet(self) -> None:
+        """Nothing: what the listener hears until it has ended is still applied."""
+
+    def stop(self, deadline: float) -> bool:
+        self._deadline = deadline
+        return super().stop(deadline)
+
+    def run(self) -> None:
+        self.work()
+        while time.monotonic() < self._deadline and self._turn(0):
+            pass
+
+    def work(self, burst: bool = False) -> None:
+        """Apply events as they are heard until stopped, or with `burst` until none is
+        left."""
+        while not self.halt.is_set():
+            self.beat()
+            if not self._turn(0 if burst else 0.5) and burst:
+                return
+
+    def _turn(self, timeout: float) -> bool:
+        """Apply what is pending, taking more of the events heard first; False when there
+        was nothing to do. On an error, what was not applied stays pending."""
+        if len(self.pending) < defaults.WINDOW_EVENTS:
+            self.pending.extend(self._take(0 if self.pending else timeout))
+        if not self.pending:
+            return False
+        try:
+            self.run_pending()
+            self._backoff.reset()
+        except redis.RedisError as exc:  # unreachable, or refusing (out of memory, busy)
+            self._failed("ledger.unavailable", exc)
+        except Exception as exc:  # a bug must not lose the events: they are tried again
+            self._failed("dispatcher.crashed", exc, exc_info=True)
+        return True
+
+    def _take(self, timeout: float) -> list[Event]:
+        try:
+            events = [self.heard.get(timeout=timeout) if timeout else self.heard.get_nowait()]
+        except queue.Empty:
+            return []
+        while len(events) < defaults.WINDOW_EVENTS:
+            try:
+                events.append(self.heard.get_nowait())
+            except queue.Empty:
+                break
+        return events
+
+    def _failed(self, event: str, exc: Exception, exc_info: bool = False) -> None:
+        self._log.warning(
+            event,
+            error=describe_error(exc),
+            pending=len(self.pending),
+            attempt=self._backoff.failures + 1,
+            exc_info=exc_info,
+        )
+        if self.halt.is_set():
+            time.sleep(0.1)  # stopping: tried again until the stop's deadline
+        else:
+            self._backoff.wait(self.halt)
 
     def run_pending(self) -> None:
         """Apply every pending event in order. A Redis error propagates with the events
@@ -91,9 +175,7 @@ class Dispatcher:
             if window.marker is not None:
                 if self.ledger.reconcile(window.marker):
                     self.queued()
-                with self._marker_heard:
-                    self._marker_ms = max(self._marker_ms, window.marker)
-                    self._marker_heard.notify_all()
+                self.markers.heard(window.marker)
             for _ in range(window.size):
                 self.pending.popleft()
             self._window = None
@@ -103,10 +185,10 @@ class Dispatcher:
         for event in self.pending:
             window.size += 1
             if event.kind is Kind.MARKER:
-                window.marker = self._marker_time(event.data)
+                window.marker = self.markers.time_of(event.data)
                 if window.marker is not None:
                     break
-            elif not self.keyspace.owns(event.data):
+            elif not self.keys.owns(event.data):
                 self._add_step(window, event)
             if len(window.steps) >= defaults.WINDOW_EVENTS:
                 break
@@ -114,7 +196,7 @@ class Dispatcher:
 
     def _add_step(self, window: _Window, event: Event) -> None:
         op = STEPS[event.kind]
-        reason = self.unqueued_reason(event.data)
+        reason = self.keys.refusal(event.data)
         if reason:
             if op is Op.CLAIM:
                 window.reported.append((event.data, reason))
@@ -122,12 +204,6 @@ class Dispatcher:
             window.steps.append(Step(op, event.data, fresh_ms=self._fresh.get(event.data)))
         else:
             window.steps.append(Step(op, event.data))
-
-    def _marker_time(self, payload: bytes) -> int | None:
-        """A marker of this daemon's sweeper: the Redis time it was published at."""
-        if not payload.startswith(self.marker_prefix):
-            return None
-        return int(payload[len(self.marker_prefix) :])
 
     def _after(self, steps: list[Step], applied: Applied) -> None:
         if len(self._fresh) > FRESH_KEYS_LIMIT:

@@ -80,6 +80,3 @@ class Keyspace:
     def sweep_channel(self) -> str:
         """Pub/sub channel of the sweep markers (see `ledger`)."""
         return f"{self.prefix}sweep@{self.db}"
-
-    def owns(self, key: bytes) -> bool:
-        return key.startswith(self.prefix.encode())

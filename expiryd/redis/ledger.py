@@ -11,11 +11,10 @@ fit (the scripts are in `expiryd/redis/lua/`):
   a durable job (see `queue`). An event for an incarnation claimed already is dropped.
 - `sweep`, run every few milliseconds, reads the expiry time of each key whose deadline has
   passed. Reading an expired key makes Redis delete it and publish `expired` at once (the
-  nudge). Incarnations found over move to the `gone` set, and a marker is published on
-  the sweep channel *after* any `expired` events the sweep caused, from inside the script.
-- When the listener receives a marker, every event published before it has been applied.
-  So whatever is still in `gone` then (up to the marker's time) expired while nobody
-  listened: `reconcile` claims and queues it as recovered.
+  nudge). Incarnations found over move to the `gone` set, and a marker follows the
+  events the sweep caused (see `markers`).
+- Once the marker is heard, whatever is still in `gone` up to its time expired while
+  nobody listened: `reconcile` claims and queues it as recovered.
 - After every (re)subscribe, `scan` records the TTLs set while nobody listened, and
   `forget_deleted` drops the incarnations whose key left before its deadline (a DEL
   nobody heard): they will never expire.
@@ -33,6 +32,7 @@ import redis
 from expiryd import defaults
 from expiryd.liveness import Beat, no_beat
 from expiryd.redis import lua
+from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.keyspace import Keyspace
 
 
@@ -155,15 +155,13 @@ class Ledger:
                 return forgotten
             after = int(last)
 
-    def scan(
-        self, max_key_bytes: int, beat: Beat = no_beat, count: int = defaults.SCAN_COUNT
-    ) -> int:
-        """Record every key of the watched DB that has a TTL; the number recorded."""
+    def scan(self, keys: KeyFilter, beat: Beat = no_beat, count: int = defaults.SCAN_COUNT) -> int:
+        """Record every key of the watched DB that has a TTL and that `keys` watches; the
+        number recorded."""
         recorded = 0
         for batch in _batches(self.client.scan_iter(count=count), count):
             beat()
-            keys = [k for k in batch if not self.keyspace.owns(k) and len(k) <= max_key_bytes]
-            recorded += self.record(keys)
+            recorded += self.record([k for k in batch if keys.watches(k)])
         return recorded
 
 

@@ -1,4 +1,6 @@
-"""The pub/sub subscriber: keyevent notifications and sweep markers in, `Event`s out.
+"""The listener: a component subscribed to keyevent notifications and sweep markers,
+handing each one on as an `Event` (to the dispatcher's `hear`), and nothing else, so that
+a slow database cannot make Redis drop it for falling behind. Quieted, it unsubscribes.
 
 redis-py would reconnect a pub/sub connection silently; expiryd's clients raise instead,
 so every drop is logged and followed by a logged resubscribe that the ledger answers with
@@ -20,6 +22,7 @@ import redis
 
 from expiryd import defaults
 from expiryd.backoff import Backoff
+from expiryd.component import Component
 from expiryd.errors import ServiceError
 from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, get_logger
@@ -78,22 +81,24 @@ class Event:
     """The key name; for a marker, its payload."""
 
 
-class Listener:
+class Listener(Component):
     def __init__(
         self,
+        *,
         target: RedisTarget,
         keyspace: Keyspace,
-        on_event: Callable[[Event], None],
+        hear: Callable[[Event, float], bool],
         on_subscribed: Callable[[], None],
-        stop: threading.Event,
         configure_redis: bool = False,
         beat: Beat = no_beat,
     ) -> None:
+        super().__init__(name="listener", beat=beat)
         self.target = target
-        self.beat = beat
-        self.on_event = on_event
+        self.hear = hear
+        """Takes each event within a timeout, or says it could not (the dispatcher is
+        behind: the listener then waits, reading nothing more from Redis)."""
         self.on_subscribed = on_subscribed
-        self.stop = stop
+        """Called after every (re)subscribe: events may have gone unheard before it."""
         self.configure_redis = configure_redis
         self.subscribed = threading.Event()
         """Set while every channel is subscribed; cleared when the connection is lost."""
@@ -109,8 +114,8 @@ class Listener:
         self._log = get_logger(db=target.db)
 
     def run(self) -> None:
-        """Listen until `stop` is set, reconnecting for as long as it takes."""
-        while not self.stop.is_set():
+        """Listen until quieted, reconnecting for as long as it takes."""
+        while not self.halt.is_set():
             try:
                 self._listen()
             except CONNECTION_ERRORS as exc:
@@ -130,7 +135,7 @@ class Listener:
         try:
             ensure_notifications(self.target, client, self.configure_redis)
             pubsub.subscribe(*self._kinds)
-            while not self.stop.is_set():
+            while not self.halt.is_set():
                 self.beat()
                 # The raw reply, without get_message's per-message dict and bookkeeping:
                 # this loop runs once per event, hundreds of thousands of times a second.
@@ -146,7 +151,7 @@ class Listener:
         if not reply:
             return
         if reply[0] == b"message":
-            self.on_event(Event(self._kinds[reply[1]], reply[2]))
+            self._hand_on(Event(self._kinds[reply[1]], reply[2]))
         elif reply[0] == b"subscribe":
             self._confirmed += 1
             if self._confirmed == len(self._kinds):
@@ -157,12 +162,18 @@ class Listener:
                 self._log.info("listener.subscribed", resubscribe=self.subscriptions > 1)
                 self.on_subscribed()
 
+    def _hand_on(self, event: Event) -> None:
+        while not self.hear(event, 0.5):
+            if self.halt.is_set():
+                return  # stopping: the ledger finds what it was about at the next start
+            self.beat()  # held back by a busy dispatcher, not stuck
+
     def _reconnect_after(self, exc: Exception) -> None:
         if not retry_soon(exc):
             self._wait_after("redis.disconnected", describe_error(exc))
             return
         self._backoff.wait_steadily_after(
-            self.stop,
+            self.halt,
             self._log,
             "redis.disconnected",
             describe_error(exc),
@@ -170,4 +181,4 @@ class Listener:
         )
 
     def _wait_after(self, event: str, error: str, exc_info: bool = False) -> None:
-        self._backoff.wait_after(self.stop, self._log, event, error, exc_info)
+        self._backoff.wait_after(self.halt, self._log, event, error, exc_info)

@@ -55,11 +55,8 @@ class Registry:
         self.client = client
         self.key = keyspace.daemons
 
-    def beat(self, heartbeat: Heartbeat) -> None:
+    def write(self, heartbeat: Heartbeat) -> None:
         self.client.hset(self.key, heartbeat.daemon, orjson.dumps(asdict(heartbeat)))
-
-    def leave(self, daemon: str) -> None:
-        self.client.hdel(self.key, daemon)
 
     def heartbeats(self) -> list[Heartbeat]:
         entries = self.client.hgetall(self.key)

@@ -3,7 +3,8 @@ key whose deadline has passed, so expiries run on time whatever Redis's sampling
 (The jobs of workers whose lease lapsed are handed out again by the workers themselves,
 in every process that takes jobs.)
 
-After a sweep that sent a marker, the next one waits until the listener has heard it.
+After a sweep that sent a marker, the next one waits until the listener has heard it
+(see `markers`).
 A listener behind by a burst's events would otherwise have every key of the burst found
 gone by a sweep first (its `expired` event still on the way), and moved to `gone` and
 back, for nothing: six Redis commands an expiry. Meanwhile a nudge could not be heard
@@ -14,35 +15,34 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 from expiryd import defaults
 from expiryd.backoff import Backoff
+from expiryd.component import Component
 from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, get_logger
 from expiryd.redis.connections import CONNECTION_ERRORS
+from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.ledger import Ledger
+from expiryd.redis.markers import Markers
 
 
-class Sweeper:
+class Sweeper(Component):
     def __init__(
         self,
         *,
         ledger: Ledger,
-        marker_prefix: str,
+        markers: Markers,
         subscribed: threading.Event,
-        marker_heard: Callable[[int, float], bool],
-        stop: threading.Event,
-        max_key_bytes: int,
+        keys: KeyFilter,
         beat: Beat = no_beat,
     ) -> None:
+        super().__init__(name="sweeper", beat=beat)
         self.ledger = ledger
-        self.marker_prefix = marker_prefix
+        self.markers = markers
         self.subscribed = subscribed
-        self.marker_heard = marker_heard
-        self.stop = stop
-        self.max_key_bytes = max_key_bytes
-        self.beat = beat
+        """The listener's: set while it is subscribed."""
+        self.keys = keys
         self.synced = threading.Event()
         """Set once the ledger was first brought up to date."""
         self._resync = threading.Event()
@@ -54,7 +54,7 @@ class Sweeper:
         self._resync.set()
 
     def run(self) -> None:
-        while not self.stop.is_set():
+        while not self.halt.is_set():
             self.beat()
             # Sweeping only while subscribed keeps a nudge's event from going unheard.
             if not self.subscribed.wait(0.1):
@@ -71,15 +71,15 @@ class Sweeper:
             if marker_ms is not None:
                 self._await_marker(marker_ms)
             if not busy:
-                self.stop.wait(defaults.SWEEP_INTERVAL_SECONDS)
+                self.halt.wait(defaults.SWEEP_INTERVAL_SECONDS)
 
     def _await_marker(self, marker_ms: int) -> None:
         """Until the listener heard the marker, lost its connection (the marker with it),
         or a while passed (a listener failing to apply events: sweep again regardless)."""
         deadline = time.monotonic() + defaults.MARKER_WAIT_SECONDS
-        while not self.stop.is_set() and self.subscribed.is_set():
+        while not self.halt.is_set() and self.subscribed.is_set():
             self.beat()
-            if self.marker_heard(marker_ms, 0.1) or time.monotonic() >= deadline:
+            if self.markers.wait(marker_ms, 0.1) or time.monotonic() >= deadline:
                 return
 
     def _step(self) -> tuple[bool, int | None]:
@@ -88,7 +88,7 @@ class Sweeper:
         if self._resync.is_set():
             self._resync.clear()
             self._scan()
-        result = self.ledger.sweep(self.marker_prefix)
+        result = self.ledger.sweep(self.markers.prefix)
         return result.due >= defaults.SWEEP_LIMIT, result.marker_ms
 
     def _scan(self) -> None:
@@ -96,7 +96,7 @@ class Sweeper:
         try:
             # First: a deadline that passes during a long scan is no longer ahead.
             forgotten = self.ledger.forget_deleted(self.beat)
-            recorded = self.ledger.scan(self.max_key_bytes, self.beat)
+            recorded = self.ledger.scan(self.keys, self.beat)
         except Exception:
             self._resync.set()
             raise
@@ -110,4 +110,4 @@ class Sweeper:
         self.synced.set()
 
     def _back_off(self, event: str, exc: Exception, exc_info: bool = False) -> None:
-        self._backoff.wait_after(self.stop, self._log, event, describe_error(exc), exc_info)
+        self._backoff.wait_after(self.halt, self._log, event, describe_error(exc), exc_info)

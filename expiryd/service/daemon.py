@@ -1,38 +1,31 @@
-"""`expiryd run`: threads joined by a queue of events heard and a queue of jobs in Redis.
+"""`expiryd run`: the daemon, assembled from components that a launcher starts, watches
+and stops (see `component` and `launcher`):
 
-- the listener reads keyevent notifications into the queue of events heard, never
-  waiting on anything else, so a slow database cannot make Redis drop it for falling
-  behind;
+- the listener hears keyevent notifications and hands them to the dispatcher;
+- the dispatcher applies them in order: ledger updates, and claims that queue each
+  expiry as a durable job;
 - the sweeper keeps the ledger up to date and nudges keys whose deadline has passed;
-- the main thread applies the events heard in order: ledger updates, and claims that
-  queue each expiry as a durable job;
-- `concurrency` workers each lease a batch of jobs, run their handlers and settle them,
-  and hand out again the jobs of a worker whose lease lapsed.
+- `concurrency` workers each lease a batch of jobs, run their handlers and settle them;
+- the pulse tells systemd how the daemon is, and writes the heartbeat `status` reads.
 
 SIGHUP applies a changed config in place (see `reload`): the workers take up the new
 routes, handlers and settings at their next batch, while the listener stays subscribed.
+SIGTERM or SIGINT stops it: no more work is taken, and the groups in hand and the events
+heard are finished within `grace_seconds`.
 
 `expiryd work` runs the workers alone, to drain the same queue from more processes.
-
-If any of these threads ends while the daemon is meant to be running, the daemon logs it
-and exits non-zero, so that its supervisor starts it again. A pulse thread tells systemd
-when the daemon is ready, and feeds its watchdog only while every loop keeps moving.
 """
 
 from __future__ import annotations
 
-import queue
-import signal
-import threading
+import functools
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from types import FrameType
+from collections.abc import Mapping
 
 import redis
 from sqlalchemy import Engine
 
-from expiryd import __version__, defaults, liveness
+from expiryd import __version__, defaults
 from expiryd.backoff import Backoff
 from expiryd.config import Config
 from expiryd.config import load as load_config
@@ -50,18 +43,21 @@ from expiryd.redis.connections import (
     warn_eviction,
 )
 from expiryd.redis.dispatch import Dispatcher
+from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.keyspace import Keyspace
 from expiryd.redis.ledger import Ledger
-from expiryd.redis.listener import Event, Listener
+from expiryd.redis.listener import Listener
+from expiryd.redis.markers import Markers
 from expiryd.redis.queue import JobQueue
 from expiryd.redis.sweeper import Sweeper
 from expiryd.service import reload
+from expiryd.service.launcher import Launcher
 from expiryd.service.metrics import Metrics, metrics_address_free
 from expiryd.service.notify import Notifier
 from expiryd.service.pulse import Pulse
 from expiryd.service.report import Reporter
 from expiryd.tally import Tally
-from expiryd.worker import Worker
+from expiryd.worker import Worker, report_unqueued
 
 EXIT_THREAD_DIED = 70
 """The exit code when one of expiryd's threads ended unexpectedly (EX_SOFTWARE)."""
@@ -70,55 +66,51 @@ EXIT_THREAD_DIED = 70
 class Daemon:
     def __init__(self, config: Config, configure_redis: bool = False, listen: bool = True) -> None:
         self.config = config
-        self.configure_redis = configure_redis
         self.listen = listen
+        self.configure_redis = configure_redis
         self.target = RedisTarget.from_url(config.redis.url)
         self.keyspace = keyspace = Keyspace(config.redis.prefix, self.target.db)
-        self.started_at = time.time()
+        self.keys = KeyFilter(keyspace.prefix.encode(), config.redis.max_key_bytes)
         self.engine = _engine_for(config)
         self.redis = self.target.client()
-        handlers = build_handlers(config, self.engine, self.redis)
-        self.stop = threading.Event()
-        self.heard: queue.Queue[Event] = queue.Queue(maxsize=defaults.HEARD_EVENTS_LIMIT)
         self.notifier = Notifier.from_environ()
         self.loops = Loops(self.notifier.watchdog_seconds or defaults.STALL_SECONDS)
+        self.launcher = Launcher(loops=self.loops)
         self.tally = Tally()
+        self.jobs = JobQueue(self.redis, keyspace)
+        handlers = build_handlers(config, self.engine, self.redis)
+        self.code = reload.CodeWatch()
+        self.code.note(config)
+        self._numbered = 0
+        self.workers = [self._worker(config, handlers) for _ in range(config.worker.concurrency)]
+        """The workers taking jobs now; those a reload retired finish on their own."""
+        self._old_engines: list[Engine] = []
+        """Engines a reload replaced: batches begun before it may still use them."""
         ledger = Ledger(
             self.redis, keyspace, config.redis.capture_values, config.redis.max_value_bytes
         )
-        self.jobs = JobQueue(self.redis, keyspace)
-        marker_prefix = f"{uuid.uuid4().hex}:"
-        max_key_bytes = config.redis.max_key_bytes
-        self._numbered = 0
-        self.workers = [self._worker(config, handlers) for _ in range(config.worker.concurrency)]
-        self._crew: list[tuple[Worker, threading.Thread]] = []
-        """Every worker started, with its thread, retired ones included until they end."""
-        self._old_engines: list[Engine] = []
-        """Engines a reload replaced: batches begun before it may still use them."""
-        self.listener = Listener(
-            self.target,
-            keyspace,
-            self._hear,
-            self._resubscribed,
-            self.stop,
-            configure_redis,
-            self.loops.beat_for("listener"),
-        )
+        markers = Markers()
         self.dispatcher = Dispatcher(
-            ledger,
-            keyspace,
-            marker_prefix,
-            self.workers[0].reason_unqueued,
-            self.workers[0].report_unqueued,
-            self._wake_workers,
+            ledger=ledger,
+            markers=markers,
+            keys=self.keys,
+            report_unqueued=functools.partial(report_unqueued, self.tally),
+            queued=self._wake_workers,
+            beat=self.loops.beat_for("dispatcher"),
+        )
+        self.listener = Listener(
+            target=self.target,
+            keyspace=keyspace,
+            hear=self.dispatcher.hear,
+            on_subscribed=self._subscribed,
+            configure_redis=configure_redis,
+            beat=self.loops.beat_for("listener"),
         )
         self.sweeper = Sweeper(
             ledger=ledger,
-            marker_prefix=marker_prefix,
+            markers=markers,
             subscribed=self.listener.subscribed,
-            marker_heard=self.dispatcher.wait_for_marker,
-            stop=self.stop,
-            max_key_bytes=max_key_bytes,
+            keys=self.keys,
             beat=self.loops.beat_for("sweeper"),
         )
         self.metrics = Metrics([r.name for r in config.routes]) if config.metrics.listen else None
@@ -134,22 +126,15 @@ class Daemon:
             self.listener.subscribed if listen else None,
             self.metrics,
         )
-        self._pulse_stop = threading.Event()
         self.pulse = Pulse(
-            self.notifier, self.loops, self._ready, self.reporter.report, self._pulse_stop
+            notifier=self.notifier, loops=self.loops, ready=self._ready, report=self.reporter.report
         )
-        self._beat = self.loops.beat_for("dispatcher")
-        self._reload = threading.Event()
-        self._signal: str | None = None
-        self._died: str | None = None
-        self._backoff = Backoff.reconnecting(self._beat)
+        self._backoff = Backoff.reconnecting()
         self._log = get_logger()
 
     def run(self) -> int:
-        # This thread's statements (a reload's check) are progress of the dispatcher loop.
-        liveness.bind(self._beat, self.config.worker.lease_seconds)
         self._check_redis()
-        self._install_signal_handlers()
+        self.launcher.install_signal_handlers()
         self._log.info(
             "expiryd.started",
             version=__version__,
@@ -168,73 +153,53 @@ class Daemon:
                 error="only a path or an @abstract name can be notified",
             )
         self._serve_metrics()
-        pulse = self._start("pulse", self.pulse.run, self._pulse_stop)
-        self._upgrade_queue()
-        threads = []
-        if self.listen:
-            threads += [
-                self._start("listener", self.listener.run, self.stop),
-                self._start("sweeper", self.sweeper.run, self.stop),
-            ]
-        for worker in self.workers:
-            self._start_worker(worker)
-        while not self.stop.is_set():
-            self._beat()
-            if self._reload.is_set():
-                self._reload.clear()
-                self._consider_reload()
+        try:
+            self.launcher.start(self.pulse)
+            self._upgrade_queue()
+            for worker in self.workers:
+                self.launcher.start(worker)
             if self.listen:
-                self._dispatch(timeout=0.5, pause=self._wait_after_failure)
-            else:
-                self.stop.wait(0.5)
-        self._quiet_workers(self.workers)
-        self.loops.forget("dispatcher")
-        self._log.info("expiryd.stopping", signal=self._signal, in_hand=self._in_hand())
+                for component in (self.dispatcher, self.sweeper, self.listener):
+                    self.launcher.start(component)
+            self.launcher.serve(reload=self._consider_reload)
+            return self._stop()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _stop(self) -> int:
+        """Everything within one deadline, `grace_seconds` from now: the batches in hand,
+        the events heard and not yet applied, the components."""
         grace = self.config.worker.grace_seconds
+        self._log.info("expiryd.stopping", signal=self.launcher.reason, in_hand=self._in_hand())
         self.notifier.send(
             STOPPING=1,
             STATUS=f"stopping: finishing {self._in_hand()} expiries in hand",
             EXTEND_TIMEOUT_USEC=int((grace + defaults.STOP_MARGIN_SECONDS) * 1_000_000),
         )
-        try:
-            return self._shut_down(threads)
-        finally:
-            self._pulse_stop.set()
-            pulse.join(timeout=defaults.PULSE_JOIN_SECONDS)
-            if self.metrics is not None:
-                self.metrics.close()
-
-    def _shut_down(self, threads: list[threading.Thread]) -> int:
-        """Everything within one deadline, `grace_seconds` from now: the batches in hand,
-        the events heard and not yet applied, the threads."""
-        deadline = time.monotonic() + self.config.worker.grace_seconds
-        for thread in threads:
-            thread.join(timeout=_left(deadline))
-        while time.monotonic() < deadline and self._dispatch(0, lambda: time.sleep(0.1)):
-            pass
-        for _, thread in self._crew:
-            thread.join(timeout=_left(deadline))
-        unfinished = sum(w.in_hand for w, thread in self._crew if thread.is_alive())
+        self.launcher.stop(time.monotonic() + grace)
+        unfinished = self._in_hand()
+        # The pulse's last word (the daemon gone) may take a moment more.
+        self.pulse.join(time.monotonic() + defaults.PULSE_JOIN_SECONDS)
         for engine in (self.engine, *self._old_engines):
             engine.dispose()
         counts = self.tally.by_outcome()
         self._log.info(
             "expiryd.stopped",
             unfinished=unfinished,
-            unapplied_events=len(self.dispatcher.pending) + self.heard.qsize(),
+            unapplied_events=self.dispatcher.unapplied,
             **{o.value: counts[o] for o in Outcome},
         )
-        return EXIT_THREAD_DIED if self._died else 0
+        return EXIT_THREAD_DIED if self.launcher.died else 0
 
     def _upgrade_queue(self) -> None:
-        """Before any thread touches the queue: move in the jobs an earlier expiryd queued."""
-        while not self.stop.is_set():
+        """Before any worker touches the queue: move in the jobs an earlier expiryd queued."""
+        while not self.launcher.asked_to_stop():
             try:
                 moved = self.jobs.upgrade()
             except (redis.RedisError, *CONNECTION_ERRORS) as exc:
-                self._backoff.wait_after(
-                    self.stop, self._log, "queue.unavailable", describe_error(exc)
-                )
+                error = describe_error(exc)
+                self._backoff.wait_after(self.launcher, self._log, "queue.unavailable", error)
                 continue
             if moved:
                 self._log.warning("jobs.upgraded", jobs=moved)
@@ -272,7 +237,8 @@ class Daemon:
         # Batches in hand, and retired workers, may still use the old engine's pool:
         # disposed at exit, not now.
         self._old_engines.append(old_engine)
-        stale = reload.changed_code(config, self.started_at)
+        stale = self.code.changed(config)
+        self.code.note(config)
         self._log.info("config.reloaded", **fields, code_changed_on_disk=stale or None)
         self.notifier.send(READY=1, STATUS="running")
 
@@ -301,7 +267,8 @@ class Daemon:
         return self.listener.subscribed.is_set() and self.sweeper.synced.is_set()
 
     def _in_hand(self) -> int:
-        return sum(worker.in_hand for worker, _ in self._crew)
+        """Expiries the workers hold, those a reload retired included."""
+        return sum(c.in_hand for c in self.launcher.components if isinstance(c, Worker))
 
     def _wake_workers(self) -> None:
         for worker in self.workers:
@@ -311,45 +278,36 @@ class Daemon:
         self._numbered += 1
         name = f"worker-{self._numbered}"
         return Worker(
-            self.jobs,
-            config.routes,
-            handlers,
-            config.worker,
-            config.redis.max_key_bytes,
-            threading.Event(),
-            self.tally,
-            self.loops.beat_for(name),
+            queue=self.jobs,
+            routes=config.routes,
+            handlers=handlers,
+            settings=config.worker,
+            keys=self.keys,
+            tally=self.tally,
+            beat=self.loops.beat_for(name),
             name=name,
         )
 
-    def _start_worker(self, worker: Worker) -> None:
-        self._crew = [(w, thread) for w, thread in self._crew if thread.is_alive()]
-        self._crew.append((worker, self._start(worker.name, worker.run, worker.stop)))
-
     def _resize_workers(self, config: Config, handlers: Mapping[str, Handler]) -> None:
         """`concurrency` workers from now: new ones started, extra ones quieted (they
-        finish the batch in hand, then end)."""
+        finish the group in hand, then end)."""
         wanted = config.worker.concurrency
         while len(self.workers) < wanted:
             worker = self._worker(config, handlers)
             self.workers.append(worker)
-            self._start_worker(worker)
-        self._quiet_workers(self.workers[wanted:])
+            self.launcher.start(worker)
+        for worker in self.workers[wanted:]:
+            worker.quiet()
         del self.workers[wanted:]
 
-    @staticmethod
-    def _quiet_workers(workers: Sequence[Worker]) -> None:
-        """Take no more jobs; the group in hand is finished, the rest put back."""
-        for worker in workers:
-            worker.stop.set()
-
     def _move_metrics(self, config: Config) -> None:
-        """Serve the metrics at the new config's address, if it changed."""
-        listen = config.metrics.listen
-        if listen == self.config.metrics.listen:
+        """Serve the metrics at the new config's address, if it changed; where they were
+        when that fails (the reload is then refused)."""
+        listen, old = config.metrics.listen, self.config.metrics.listen
+        if listen == old:
             return
-        if listen is not None:
-            metrics_address_free(*listen)
+        if listen is not None and (old is None or listen[1] != old[1]):
+            metrics_address_free(*listen)  # a port of our own is free once we let it go
         if self.metrics is not None:
             self.metrics.close()
         if listen is None:
@@ -358,94 +316,18 @@ class Daemon:
             self.metrics = Metrics([r.name for r in config.routes])
             self.tally.watchers.append(self.metrics.observe)
             self.reporter.metrics = self.metrics
-        self.metrics.serve(*listen)
+        try:
+            self.metrics.serve(*listen)
+        except Exception:
+            if old is not None:
+                self.metrics.serve(*old)
+            raise
         self._log.info("metrics.serving", url=f"http://{listen[0]}:{listen[1]}/metrics")
 
-    def _start(
-        self, name: str, target: Callable[[], None], stop: threading.Event
-    ) -> threading.Thread:
-        """A supervised thread that is meant to run until `stop` is set."""
-        thread = threading.Thread(target=self._supervised, args=(name, target, stop), name=name)
-        thread.daemon = True
-        thread.start()
-        return thread
-
-    def _supervised(self, name: str, target: Callable[[], None], stop: threading.Event) -> None:
-        try:
-            target()
-        except BaseException as exc:  # any way a thread ends is reported
-            self._thread_ended(name, describe_error(exc), exc_info=True)
-        else:
-            self.loops.forget(name)
-            if not stop.is_set():
-                self._thread_ended(name, "returned while the daemon was running")
-
-    def _thread_ended(self, name: str, error: str, exc_info: bool = False) -> None:
-        self._died = name
-        self._signal = self._signal or f"thread {name} ended"
-        self._log.critical("thread.died", thread=name, error=error, exc_info=exc_info)
-        self._quiet_workers(self.workers)
-        self.stop.set()
-
-    def _hear(self, event: Event) -> None:
-        """The listener's hand-off. When too many wait the listener waits here, and
-        stops reading from Redis, until there is room."""
-        while not self.stop.is_set():
-            try:
-                self.heard.put(event, timeout=0.5)
-                return
-            except queue.Full:
-                self.listener.beat()  # held back by a busy dispatcher, not stuck
-                continue
-
-    def _resubscribed(self) -> None:
+    def _subscribed(self) -> None:
         self.sweeper.request_resync()
         if self.metrics is not None and self.listener.subscriptions > 1:
             self.metrics.reconnects.inc()
-
-    def _dispatch(self, timeout: float, pause: Callable[[], None]) -> bool:
-        """Apply what is pending, taking more of the events heard first; False when there
-        was nothing to do. On an error, what was not applied stays pending."""
-        pending = self.dispatcher.pending
-        if len(pending) < defaults.WINDOW_EVENTS:
-            pending.extend(self._take(0 if pending else timeout))
-        if not pending:
-            return False
-        try:
-            self.dispatcher.run_pending()
-            self._backoff.reset()
-        except redis.RedisError as exc:  # unreachable, or refusing (out of memory, busy)
-            self._failed("ledger.unavailable", exc, pause)
-        except Exception as exc:  # a bug must not lose the events: they are tried again
-            self._failed("dispatcher.crashed", exc, pause, exc_info=True)
-        return True
-
-    def _failed(
-        self, event: str, exc: Exception, pause: Callable[[], None], exc_info: bool = False
-    ) -> None:
-        self._log.warning(
-            event,
-            error=describe_error(exc),
-            pending=len(self.dispatcher.pending),
-            attempt=self._backoff.failures + 1,
-            exc_info=exc_info,
-        )
-        pause()
-
-    def _wait_after_failure(self) -> None:
-        self._backoff.wait(self.stop)
-
-    def _take(self, timeout: float) -> list[Event]:
-        try:
-            events = [self.heard.get(timeout=timeout) if timeout else self.heard.get_nowait()]
-        except queue.Empty:
-            return []
-        while len(events) < defaults.WINDOW_EVENTS:
-            try:
-                events.append(self.heard.get_nowait())
-            except queue.Empty:
-                break
-        return events
 
     def _check_redis(self) -> None:
         """Fail fast on a Redis that would never notify; an unreachable one is retried."""
@@ -462,25 +344,8 @@ class Daemon:
         except CONNECTION_ERRORS as exc:
             self._log.warning("redis.unreachable", error=describe_error(exc))
 
-    def _install_signal_handlers(self) -> None:
-        # Only set flags here: the handler runs on the main thread between two of its
-        # steps, so taking a lock the main thread may hold (the log's, a worker's stop
-        # event's) could deadlock. The main loop quiets the workers within 0.5 s.
-        def request_stop(signum: int, _frame: FrameType | None) -> None:
-            if self._signal is None:
-                self._signal = signal.Signals(signum).name
-            self.stop.set()
-
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGHUP, lambda _signum, _frame: self._reload.set())
-
 
 def _engine_for(config: Config) -> Engine:
     """The workers' engine: a statement ends before the lease it runs under can lapse."""
     io_timeout = config.worker.lease_seconds * defaults.STATEMENT_SHARE_OF_LEASE
     return make_engine(config.database, io_timeout, config.worker.concurrency)
-
-
-def _left(deadline: float) -> float:
-    return max(0.0, deadline - time.monotonic())

@@ -4,15 +4,18 @@ every few seconds has the daemon report how it is doing (systemd's STATUS=, the 
 that `expiryd status` reads). A loop that stops moving is logged as `loop.stalled`, with
 or without systemd, and reported at once (the heartbeat names it, and `expiryd status`
 is then not healthy); under systemd's watchdog the daemon is then restarted.
+
+A component started first and stopped last: quieting it changes nothing, and once
+stopped it reports the daemon gone.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
 from expiryd import defaults
+from expiryd.component import Component
 from expiryd.liveness import Loops
 from expiryd.logs import get_logger
 from expiryd.service.notify import Notifier
@@ -23,27 +26,27 @@ START_EXTENSION_SECONDS = 30.0
 ahead, again and again: a large DB's first scan may take minutes."""
 
 
-class Pulse:
+class Pulse(Component):
     def __init__(
         self,
+        *,
         notifier: Notifier,
         loops: Loops,
         ready: Callable[[], bool],
         report: Callable[[bool], None],
-        stop: threading.Event,
     ) -> None:
+        super().__init__(name="pulse")
         self.notifier = notifier
         self.loops = loops
         self.ready = ready
         self.report = report
-        self.stop = stop
         self._stalled: set[str] = set()
         self._log = get_logger()
 
     def run(self) -> None:
         announced = False
         next_pet = next_report = next_extension = 0.0
-        while not self.stop.wait(TICK_SECONDS):
+        while not self.halt.wait(TICK_SECONDS):
             if not announced and self.ready():
                 notified = self.notifier.send(READY=1)
                 announced = True
@@ -65,6 +68,9 @@ class Pulse:
                 self.report(False)
                 next_report = time.monotonic() + defaults.STATUS_SECONDS
         self.report(True)  # the last word: gone, so that no report in flight outlives it
+
+    def quiet(self) -> None:
+        """Nothing: the pulse goes on while the others stop."""
 
     def _check_loops(self) -> bool:
         """Whether every loop is moving; each one that stalled is logged once a stall."""

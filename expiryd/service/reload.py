@@ -109,15 +109,36 @@ def probe_same_redis(client: redis.Redis, keyspace: Keyspace, url: str) -> bool 
         other.close()
 
 
-def changed_code(config: Config, since: float) -> list[str]:
-    """The modules of `module:function` handlers whose file changed on disk after `since`
-    (a time.time()): the running daemon keeps the code it loaded."""
-    changed = []
+class CodeWatch:
+    """The files of the `module:function` handlers' modules, as they were when loaded:
+    the running daemon keeps the code it loaded, however the files change later."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, float] = {}
+        """Module name -> its file's mtime when first seen loaded."""
+
+    def note(self, config: Config) -> None:
+        """Remember the modules the config's handlers loaded that are not known yet."""
+        for name, mtime in _handler_modules(config):
+            self._loaded.setdefault(name, mtime)
+
+    def changed(self, config: Config) -> list[str]:
+        """The config's handler modules whose file changed on disk since it was loaded."""
+        return [
+            name
+            for name, mtime in _handler_modules(config)
+            if name in self._loaded and mtime > self._loaded[name]
+        ]
+
+
+def _handler_modules(config: Config) -> list[tuple[str, float]]:
+    """(name, mtime) of each loaded module of the config's `module:function` handlers."""
+    found = []
     for name in sorted({r.handler.partition(":")[0] for r in config.routes if ":" in r.handler}):
         path = getattr(sys.modules.get(name), "__file__", None)
         try:
-            if path and os.stat(path).st_mtime > since:
-                changed.append(name)
+            if path:
+                found.append((name, os.stat(path).st_mtime))
         except OSError:
             continue
-    return changed
+    return found

@@ -5,7 +5,6 @@ and gauges wait for the next report."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import socket
@@ -57,16 +56,11 @@ class Reporter:
         if self.metrics is not None:
             self._set_gauges(self.metrics, figures)
         try:
-            self._registry.beat(self.heartbeat(stopping))
+            self._registry.write(self.heartbeat(stopping))
             if random.random() < defaults.STATUS_SECONDS / 600:  # about every ten minutes
                 self._registry.forget_stale()
         except (redis.RedisError, *CONNECTION_ERRORS):
             pass
-
-    def leave(self) -> None:
-        """Take this daemon's heartbeat out (it executes itself anew, with another id)."""
-        with contextlib.suppress(redis.RedisError, *CONNECTION_ERRORS):
-            self._registry.leave(self.daemon_id)
 
     def summary(self, figures: Figures | None) -> str:
         """subscribed or not; the queue; what was handled and when last."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import StartDaemon, assert_queue_settled, write_config
@@ -89,6 +91,37 @@ def test_a_metrics_port_in_use_stops_the_start_with_one_line(
     assert result.stderr.strip().splitlines() == [
         f"expiryd: error: [metrics] listen 127.0.0.1:{port}: Address already in use"
     ]
+
+
+def test_a_reload_moves_the_endpoint_and_one_that_cannot_move_it_leaves_it_serving(
+    start_daemon: StartDaemon, redis_db: RedisServer, sqlite_url: str
+) -> None:
+    first, second = free_port(), free_port()
+    daemon = start_daemon(sqlite_url, ACCEPT + f'[metrics]\nlisten = "127.0.0.1:{first}"\n')
+    daemon.wait_for_event("expiryd.ready")
+    assert daemon.config is not None
+    good = daemon.config.read_text()
+
+    daemon.config.write_text(good.replace(f"127.0.0.1:{first}", f"127.0.0.1:{second}"))
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for_event("config.reloaded")
+    assert value(scrape(second), "expiryd_up") == 1
+    with pytest.raises(OSError):
+        scrape(first)
+
+    # The same port on another loopback address, taken: only found out by trying it,
+    # after its own endpoint was let go; the reload is refused and the endpoint stays.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.2", second))
+        taken.listen()
+        daemon.config.write_text(good.replace(f"127.0.0.1:{first}", f"127.0.0.2:{second}"))
+        daemon.process.send_signal(signal.SIGHUP)
+        (failed,) = daemon.wait_for_event("config.reload_failed")
+    assert "Address already in use" in failed["error"]
+    assert value(scrape(second), "expiryd_up") == 1
+    setex(redis_db.client(), "t:1", 1)
+    daemon.wait_for_event("expiry.handled")
+    assert_queue_settled(redis_db, [daemon])
 
 
 def test_a_metrics_listen_that_is_not_host_and_port_is_a_config_error(

@@ -137,7 +137,10 @@ def test_handler_code_is_built_in_place_and_a_change_on_disk_is_named(
     (failed,) = daemon.wait_for_event("config.reload_failed")
     assert "already loaded it" in failed["error"] and "restart" in failed["error"]
 
-    (reloaded,) = reload_with(daemon, route % "first" + "[worker]\nbatch_size = 10\n")
+    # A module first imported by this reload is new, not changed since it was loaded.
+    (tmp_path / "newhooks.py").write_text("def third(expiry):\n    return True\n")
+    new_route = '[[routes]]\npattern = "n:{n}"\nhandler = "newhooks:third"\n'
+    (reloaded,) = reload_with(daemon, route % "first" + new_route + "[worker]\nbatch_size = 10\n")
     assert reloaded["code_changed_on_disk"] == ["shophooks"]
     setex(redis_db.client(), "h:1", 1)
     (handled,) = daemon.wait_for_event("expiry.handled")

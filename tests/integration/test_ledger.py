@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from expiryd.expiry import Source
+from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.ledger import Ledger, Op, Step
 from expiryd.redis.queue import Job
 from tests.integration.conftest import KEYSPACE
@@ -300,7 +301,7 @@ def test_scan_records_every_key_with_a_ttl(client: redis.Redis, ledger: Ledger) 
         pipe.set("no-ttl", "v")
         pipe.set("expiryd:own", "v", ex=1000)
         pipe.execute()
-    assert ledger.scan(max_key_bytes=1024) == 2500
+    assert ledger.scan(KeyFilter(KEYSPACE.prefix.encode(), 1024)) == 2500
     assert client.zcard(KEYSPACE.deadlines) == 2500
 
 

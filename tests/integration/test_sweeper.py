@@ -11,52 +11,47 @@ import pytest
 import redis
 
 from expiryd import defaults
+from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.ledger import Ledger
+from expiryd.redis.markers import Markers
 from expiryd.redis.sweeper import Sweeper
 from tests.integration.conftest import KEYSPACE
 
 DUE = 2 * defaults.SWEEP_LIMIT + 10
 
 
-class Markers:
-    """Stands in for the listener's side: which markers have been heard."""
+class WatchedMarkers(Markers):
+    """Which markers the sweeper waited for; heard only when the test says so."""
 
     def __init__(self) -> None:
-        self.heard_until = 0
+        super().__init__()
         self.asked: list[int] = []
 
-    def heard(self, marker_ms: int, timeout: float) -> bool:
+    def wait(self, marker_ms: int, timeout: float) -> bool:
         self.asked.append(marker_ms)
-        if marker_ms <= self.heard_until:
-            return True
-        time.sleep(timeout)
-        return False
+        return super().wait(marker_ms, timeout)
 
 
 @pytest.fixture
 def running(
     client: redis.Redis, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[Markers, threading.Event]]:
+) -> Iterator[tuple[WatchedMarkers, threading.Event]]:
     """`DUE` deadlines passed whose keys are gone and not yet claimed, as when a burst's
     `expired` events are still on their way; a sweeper running over them, which would
     wait a minute for a marker that is not heard."""
     monkeypatch.setattr(defaults, "MARKER_WAIT_SECONDS", 60.0)
     client.zadd(KEYSPACE.deadlines, {f"k{n}": 1_700_000_000_000 + n for n in range(DUE)})
-    markers, subscribed, stop = Markers(), threading.Event(), threading.Event()
+    heard, subscribed = WatchedMarkers(), threading.Event()
     subscribed.set()
     sweeper = Sweeper(
         ledger=Ledger(client, KEYSPACE),
-        marker_prefix="me:",
+        markers=heard,
         subscribed=subscribed,
-        marker_heard=markers.heard,
-        stop=stop,
-        max_key_bytes=1024,
+        keys=KeyFilter(KEYSPACE.prefix.encode(), 1024),
     )
-    thread = threading.Thread(target=sweeper.run, daemon=True)
-    thread.start()
-    yield markers, subscribed
-    stop.set()
-    thread.join(5)
+    sweeper.start()
+    yield heard, subscribed
+    assert sweeper.stop(time.monotonic() + 5)
 
 
 def soon(condition: Callable[[], bool], what: str, seconds: float = 2.0) -> None:
@@ -67,20 +62,20 @@ def soon(condition: Callable[[], bool], what: str, seconds: float = 2.0) -> None
 
 
 def test_a_sweep_waits_for_its_marker_before_the_next(
-    client: redis.Redis, running: tuple[Markers, threading.Event]
+    client: redis.Redis, running: tuple[WatchedMarkers, threading.Event]
 ) -> None:
     markers, _ = running
     soon(lambda: bool(markers.asked), "a marker")
     time.sleep(0.5)  # ten sweep intervals: an ungated sweeper would have moved them all
     assert client.zcard(KEYSPACE.gone) == defaults.SWEEP_LIMIT
-    markers.heard_until = markers.asked[-1]
+    markers.heard(markers.asked[-1])
     soon(lambda: client.zcard(KEYSPACE.gone) > defaults.SWEEP_LIMIT, "the next sweep")
     time.sleep(0.3)
     assert client.zcard(KEYSPACE.gone) == 2 * defaults.SWEEP_LIMIT
 
 
 def test_a_lost_connection_ends_the_wait(
-    client: redis.Redis, running: tuple[Markers, threading.Event]
+    client: redis.Redis, running: tuple[WatchedMarkers, threading.Event]
 ) -> None:
     """The marker went with the connection; after the resubscribe the sweeper goes on."""
     markers, subscribed = running

@@ -4,7 +4,6 @@ capture_logs."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import tomllib
 from pathlib import Path
@@ -17,6 +16,7 @@ from expiryd import config
 from expiryd.database.engine import make_engine
 from expiryd.handlers import build_handlers
 from expiryd.outcomes import Outcome
+from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.ledger import Ledger, Op, Step
 from expiryd.redis.queue import JobQueue
 from expiryd.tally import Tally
@@ -53,20 +53,19 @@ def test_each_group_of_a_batch_measures_its_lateness_when_it_starts(
     tally = Tally()
     measured: dict[str, float | None] = {}
     tally.watchers.append(lambda route, _, lateness: measured.update({route: lateness}))
-    stop = threading.Event()
 
     with capture_logs() as logs:
         handlers = build_handlers(loaded, engine, client)
         queue = JobQueue(client, KEYSPACE)
-        worker = Worker(queue, loaded.routes, handlers, loaded.worker, 1024, stop, tally)
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while len([x for x in logs if x["event"] == "expiry.handled"]) < 2:
-            assert time.monotonic() < deadline, f"not two expiry.handled lines: {logs}"
-            time.sleep(0.05)
-        stop.set()
-        thread.join(5)
+        worker = Worker(
+            queue=queue,
+            routes=loaded.routes,
+            handlers=handlers,
+            settings=loaded.worker,
+            keys=KeyFilter(KEYSPACE.prefix.encode(), 1024),
+            tally=tally,
+        )
+        worker.work(burst=True)
     engine.dispose()
 
     began = {span["key"]: span["began"] for span in map(json.loads, spans.read_text().splitlines())}
