@@ -53,11 +53,15 @@ class LeaseRenewer(Component):
             wait = every
             try:
                 self._renew()
+                self._warn_if_slow()
             except Exception as exc:  # Redis away for now: try again soon, not a beat later
                 wait = min(1.0, every)
                 error = describe_error(exc)
                 self._log.warning("lease.not_renewed", jobs=len(self.lease.held), error=error)
-            self._warn_if_slow()
+            except BaseException:
+                # Nobody renews the lease now: the batch stops after the group it runs.
+                self.lease.lost = True
+                raise
 
     def _renew(self) -> None:
         """Renew the jobs still held (and find out whether they still are)."""

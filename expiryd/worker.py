@@ -235,6 +235,8 @@ class Worker(Component):
             if attempt.ruling is None:
                 groups.setdefault(attempt.route.name, []).append(attempt)  # type: ignore[union-attr]
         for name, group in groups.items():
+            if self.halt.is_set():
+                return  # quieted: the groups not started are put back
             marked = self.queue.mark_started(self._token, [a.job.id for a in group])
             lease.count_held(marked, len(group))
             if lease.lost:

@@ -68,7 +68,7 @@ class Dispatcher(Component):
         markers: Markers,
         keys: KeyFilter,
         report_unqueued: Callable[[bytes, str], None],
-        queued: Callable[[], None],
+        wake_workers: Callable[[], None],
         beat: Beat = no_beat,
     ) -> None:
         super().__init__(name="dispatcher", beat=beat)
@@ -76,8 +76,8 @@ class Dispatcher(Component):
         self.markers = markers
         self.keys = keys
         self.report_unqueued = report_unqueued
-        self.queued = queued
-        """Called when jobs were queued, to wake the workers."""
+        self.wake_workers = wake_workers
+        """Called when jobs were queued."""
         self.heard: queue.Queue[Event] = queue.Queue(maxsize=defaults.HEARD_EVENTS_LIMIT)
         self.pending: deque[Event] = deque()
         self._window: _Window | None = None
@@ -174,7 +174,7 @@ class Dispatcher(Component):
                     self.report_unqueued(key, reason)
             if window.marker is not None:
                 if self.ledger.reconcile(window.marker):
-                    self.queued()
+                    self.wake_workers()
                 self.markers.heard(window.marker)
             for _ in range(window.size):
                 self.pending.popleft()
@@ -226,4 +226,4 @@ class Dispatcher(Component):
                 reason=f"value over max_value_bytes={self.ledger.max_value_bytes}",
             )
         if queued:
-            self.queued()
+            self.wake_workers()

@@ -62,6 +62,8 @@ class Sweeper(Component):
             try:
                 busy, marker_ms = self._step()
                 self._backoff.reset()
+            except _Stopped:
+                return
             except CONNECTION_ERRORS as exc:
                 self._back_off("ledger.unavailable", exc)
                 continue
@@ -95,8 +97,8 @@ class Sweeper(Component):
         started = time.perf_counter()
         try:
             # First: a deadline that passes during a long scan is no longer ahead.
-            forgotten = self.ledger.forget_deleted(self.beat)
-            recorded = self.ledger.scan(self.keys, self.beat)
+            forgotten = self.ledger.forget_deleted(self._progress)
+            recorded = self.ledger.scan(self.keys, self._progress)
         except Exception:
             self._resync.set()
             raise
@@ -109,5 +111,15 @@ class Sweeper(Component):
         )
         self.synced.set()
 
+    def _progress(self, quiet_for: float = 0.0) -> None:
+        """A long scan's beat, which also ends it once the sweeper is stopped."""
+        if self.halt.is_set():
+            raise _Stopped
+        self.beat(quiet_for)
+
     def _back_off(self, event: str, exc: Exception, exc_info: bool = False) -> None:
         self._backoff.wait_after(self.halt, self._log, event, describe_error(exc), exc_info)
+
+
+class _Stopped(Exception):
+    """The sweeper was stopped in the middle of a scan."""

@@ -95,7 +95,7 @@ class Daemon:
             markers=markers,
             keys=self.keys,
             report_unqueued=functools.partial(report_unqueued, self.tally),
-            queued=self._wake_workers,
+            wake_workers=self._wake_workers,
             beat=self.loops.beat_for("dispatcher"),
         )
         self.listener = Listener(
@@ -177,7 +177,12 @@ class Daemon:
             STATUS=f"stopping: finishing {self._in_hand()} expiries in hand",
             EXTEND_TIMEOUT_USEC=int((grace + defaults.STOP_MARGIN_SECONDS) * 1_000_000),
         )
-        self.launcher.stop(time.monotonic() + grace)
+        deadline = time.monotonic() + grace
+        self.launcher.quiet()
+        # In this order, so that the dispatcher applies all that the listener heard.
+        for component in (self.listener, self.sweeper, self.dispatcher):
+            component.stop(deadline)
+        self.launcher.stop(deadline)
         unfinished = self._in_hand()
         # The pulse's last word (the daemon gone) may take a moment more.
         self.pulse.join(time.monotonic() + defaults.PULSE_JOIN_SECONDS)
@@ -209,9 +214,13 @@ class Daemon:
     def _consider_reload(self) -> None:
         """SIGHUP: apply the config as it is now, in place, if it changed and is sound."""
         path = None if self.config.source == "(defaults)" else self.config.source
-        verdict = reload.judge(self.config, lambda: load_config(path), self._same_redis)
-        if verdict.config is not None:
-            self._apply(verdict.config, verdict.fields)
+        try:
+            verdict = reload.judge(self.config, lambda: load_config(path), self._same_redis)
+            if verdict.config is not None:
+                self._apply(verdict.config, verdict.fields)
+                return
+        except Exception as exc:  # a bug in a reload must not skip the stop that follows
+            self._log.error("config.reload_failed", error=describe_error(exc), exc_info=True)
             return
         log = self._log.info if not verdict.fields else self._log.error
         log(verdict.event, **verdict.fields)
@@ -234,21 +243,27 @@ class Daemon:
         for worker in self.workers:
             worker.use(config.routes, handlers, config.worker)
         self._resize_workers(config, handlers)
-        # Batches in hand, and retired workers, may still use the old engine's pool:
-        # disposed at exit, not now.
-        self._old_engines.append(old_engine)
+        if old_engine is not engine:
+            # Its idle connections close now; a batch in hand that still uses it opens
+            # what it needs, closed at exit.
+            old_engine.dispose()
+            self._old_engines.append(old_engine)
         stale = self.code.changed(config)
         self.code.note(config)
         self._log.info("config.reloaded", **fields, code_changed_on_disk=stale or None)
         self.notifier.send(READY=1, STATUS="running")
 
     def _build(self, config: Config) -> tuple[Engine, dict[str, Handler]]:
-        engine = _engine_for(config)
+        """The engine (the running one, unless what it is made of changed) and the
+        handlers of `config`; the metrics moved to its address."""
+        same = _engine_settings(config) == _engine_settings(self.config)
+        engine = self.engine if same else _engine_for(config)
         try:
             handlers = build_handlers(config, engine, self.redis)
             self._move_metrics(config)
         except BaseException:
-            engine.dispose()
+            if engine is not self.engine:
+                engine.dispose()
             raise
         return engine, handlers
 
@@ -315,7 +330,7 @@ class Daemon:
         if self.metrics is None:
             self.metrics = Metrics([r.name for r in config.routes])
             self.tally.watchers.append(self.metrics.observe)
-            self.reporter.metrics = self.metrics
+            self.reporter.use_metrics(self.metrics)
         try:
             self.metrics.serve(*listen)
         except Exception:
@@ -343,6 +358,11 @@ class Daemon:
             warn_eviction(self.target, self.redis, self._log)
         except CONNECTION_ERRORS as exc:
             self._log.warning("redis.unreachable", error=describe_error(exc))
+
+
+def _engine_settings(config: Config) -> tuple[object, ...]:
+    """What the workers' engine is made of."""
+    return config.database, config.worker.lease_seconds, config.worker.concurrency
 
 
 def _engine_for(config: Config) -> Engine:

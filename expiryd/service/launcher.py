@@ -5,9 +5,8 @@ it was quieted) is logged as `thread.died`, and the launcher asks the daemon to 
 it exits non-zero, so that its supervisor starts it again.
 
 Stopping quiets every component at once (no more work is taken), then waits for each,
-the latest started first, all by one deadline: the listener ends before the dispatcher
-applies what it heard, the workers finish the groups in hand, and the pulse, started
-first, says the last word.
+the latest started first, all by one deadline: the pulse, started first, says the last
+word.
 
 The main thread serves the launcher: it waits for a stop, and applies a reload when
 asked. Signal handlers only set plain attributes, which it polls: a handler runs on the
@@ -90,11 +89,14 @@ class Launcher:
             time.sleep(min(0.1, max(0.0, end - time.monotonic())))
         return self.stopping.is_set()
 
-    def stop(self, deadline: float) -> None:
-        started = self._started
-        for component in started:
+    def quiet(self) -> None:
+        """Every component takes no more work."""
+        for component in self._started:
             component.quiet()
-        for component in reversed(started):
+
+    def stop(self, deadline: float) -> None:
+        self.quiet()
+        for component in reversed(self._started):
             component.stop(deadline)
 
     def _ended(self, component: Component, exc: BaseException | None) -> None:

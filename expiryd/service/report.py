@@ -45,6 +45,11 @@ class Reporter:
         if self.metrics is not None:
             self._watch_live(self.metrics)
 
+    def use_metrics(self, metrics: Metrics) -> None:
+        """Report into `metrics` from now on (a reload turned them on)."""
+        self.metrics = metrics
+        self._watch_live(metrics)
+
     def report(self, stopping: bool = False) -> None:
         try:
             figures: Figures | None = read_figures(self.client, self.keyspace)

@@ -93,18 +93,26 @@ def test_a_metrics_port_in_use_stops_the_start_with_one_line(
     ]
 
 
-def test_a_reload_moves_the_endpoint_and_one_that_cannot_move_it_leaves_it_serving(
+def test_a_reload_turns_the_endpoint_on_moves_it_and_leaves_it_when_it_cannot_move(
     start_daemon: StartDaemon, redis_db: RedisServer, sqlite_url: str
 ) -> None:
     first, second = free_port(), free_port()
-    daemon = start_daemon(sqlite_url, ACCEPT + f'[metrics]\nlisten = "127.0.0.1:{first}"\n')
+    daemon = start_daemon(sqlite_url, ACCEPT)
     daemon.wait_for_event("expiryd.ready")
     assert daemon.config is not None
     good = daemon.config.read_text()
 
-    daemon.config.write_text(good.replace(f"127.0.0.1:{first}", f"127.0.0.1:{second}"))
-    daemon.process.send_signal(signal.SIGHUP)
+    def reload_to(listen: str) -> None:
+        daemon.config.write_text(good + f'\n[metrics]\nlisten = "{listen}"\n')  # type: ignore[union-attr]
+        daemon.process.send_signal(signal.SIGHUP)
+
+    reload_to(f"127.0.0.1:{first}")
     daemon.wait_for_event("config.reloaded")
+    samples = scrape(first)  # live from the start, as if it had been on from the start
+    assert value(samples, "expiryd_up") == 1 and value(samples, "expiryd_subscribed") == 1
+
+    reload_to(f"127.0.0.1:{second}")
+    daemon.wait_for_event("config.reloaded", 2)
     assert value(scrape(second), "expiryd_up") == 1
     with pytest.raises(OSError):
         scrape(first)
@@ -114,8 +122,7 @@ def test_a_reload_moves_the_endpoint_and_one_that_cannot_move_it_leaves_it_servi
     with socket.socket() as taken:
         taken.bind(("127.0.0.2", second))
         taken.listen()
-        daemon.config.write_text(good.replace(f"127.0.0.1:{first}", f"127.0.0.2:{second}"))
-        daemon.process.send_signal(signal.SIGHUP)
+        reload_to(f"127.0.0.2:{second}")
         (failed,) = daemon.wait_for_event("config.reload_failed")
     assert "Address already in use" in failed["error"]
     assert value(scrape(second), "expiryd_up") == 1

@@ -122,7 +122,7 @@ def test_a_daemon_killed_with_a_job_in_hand_uses_up_no_attempt(
 def test_a_live_worker_keeps_its_lease_through_a_call_longer_than_the_lease(
     sqlite_url: str, redis_db: RedisServer, start_daemon: StartDaemon
 ) -> None:
-    """One handler call of 5 s under a 2 s lease: the heartbeat renews it while the call
+    """One handler call of 5 s under a 2 s lease: the renewer renews it while the call
     runs, so the job is never handed out again and runs once."""
     body = "[worker]\nlease_seconds = 2\nconcurrency = 2\n" + SLOW
     daemon = lease_a_slow_job(start_daemon, redis_db, sqlite_url, body, sleep="5")

@@ -57,7 +57,7 @@ def pipeline(client: redis.Redis, database_url: str) -> Iterator[tuple[Dispatche
         markers=Markers(),
         keys=KEYS,
         report_unqueued=lambda key, reason: report_unqueued(tally, key, reason),
-        queued=worker.wake.set,
+        wake_workers=worker.wake.set,
     )
     yield dispatcher, worker, tally
     engine.dispose()

@@ -3,8 +3,8 @@
 --    error, failed_ms or false}
 -- `attempt` counts the attempts whose outcome was recorded, `lapses` the leases that ran
 -- out under a worker that died. Who holds a job's lease is kept beside it, in the owners
--- HASH: id -> the worker's token, followed by ' -' once its batch is marked and ' +'
--- while the worker says it runs this very job.
+-- HASH: id -> the worker's token, followed by ' -' while the job is leased and not
+-- started yet, and ' +' once the worker marked the group it runs it in.
 local ATTEMPT, LAPSES, ERROR, FAILED = 6, 7, 8, 9
 
 local function new_job(key, source, deadline, value)
