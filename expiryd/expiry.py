@@ -37,3 +37,6 @@ class Expiry:
     """Stable across attempts: the same expiry has the same id however often it is tried."""
     attempt: int = 1
     """1 the first time, 2 on the first retry, and so on."""
+    first_run: bool = False
+    """True when no earlier attempt of this expiry can have run, so there is nothing to
+    look up in the inbox; the default, False, is the safe one."""

@@ -311,6 +311,7 @@ class Worker(Component):
             deadline=deadline,
             id=job.id,
             attempt=job.attempt + 1,
+            first_run=job.attempt == 0 and job.lapses == 0 and not job.error,
         )
 
     def _conclude(self, attempt: _Attempt) -> Settlement:

@@ -1,10 +1,11 @@
 """One transaction for a group of expiries: the handler's work, and the inbox entries of
 what it settled, committed together.
 
-A failure before the COMMIT rolled everything back: the caller may run each expiry again
-on its own. A failure of the COMMIT itself leaves its fate unknown: it is logged as
-`commit.unknown` and raised as `CommitUnknown`, a retry, never run again at once; the
-retry finds in the inbox what did commit.
+A failure before the COMMIT, or a COMMIT the server refused, rolled everything back: the
+caller may run each expiry again on its own. A COMMIT whose connection was lost before
+its reply came leaves its fate unknown: it is logged as `commit.unknown` and raised as
+`CommitUnknown`, a retry, never run again at once; the retry finds in the inbox what
+did commit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from expiryd.database.inbox import Inbox
 from expiryd.expiry import Expiry
@@ -32,8 +33,9 @@ def run_in_transaction(
     engine: Engine, inbox: Inbox | None, expiries: Sequence[Expiry], work: Work
 ) -> list[Ending]:
     """Run `work` on the expiries the inbox does not hold yet and commit it with their
-    inbox entries; those it holds get the result their committed attempt had. Raises
-    what `work` raised (nothing committed), or `CommitUnknown`."""
+    inbox entries; those it holds get the result their committed attempt had (only
+    expiries not on their first run are looked up). Raises what `work` raised (nothing
+    committed), `CommittedMeanwhile`, or `CommitUnknown`."""
     connection = engine.connect()
     try:
         transaction = connection.begin()
@@ -49,6 +51,11 @@ def run_in_transaction(
         try:
             transaction.commit()
         except Exception as exc:
+            # Its state is doubtful (SQLite keeps its locks after a refused COMMIT): the
+            # connection is closed, not handed back to a pool.
+            _invalidate(connection)
+            if not _reply_lost(exc):
+                raise  # the server answered: it did not commit, a failure like any other
             raise _unknown(expiries, inbox, exc) from exc
     finally:
         _close(connection)
@@ -59,7 +66,11 @@ def run_in_transaction(
 
 
 def _ids(expiries: Sequence[Expiry]) -> list[str]:
-    return [e.id for e in expiries if e.id]
+    """The ids an earlier attempt may have committed. An expiry on its first run is not
+    looked up; should one have committed after all (a dead letter replayed after its
+    worker died past the COMMIT: a replay starts the job afresh), its inbox entry fails
+    the INSERT, and the group is rolled back as `CommittedMeanwhile`."""
+    return [e.id for e in expiries if e.id and not e.first_run]
 
 
 def _settled(todo: list[Expiry], outcomes: list[Ending]) -> list[tuple[str, int, Result]]:
@@ -86,6 +97,15 @@ def _unknown(expiries: Sequence[Expiry], inbox: Inbox | None, exc: Exception) ->
     return CommitUnknown(f"the COMMIT's reply was lost, so it may have committed: {error}")
 
 
+def _reply_lost(exc: Exception) -> bool:
+    """Whether a failed COMMIT's fate is unknown: the connection went (a proxy dropped
+    it, the driver's read timed out) before its reply came. An error the server sent
+    back (a lock, a certification failure) means nothing was committed."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated
+    return isinstance(exc, OSError)
+
+
 class CommittedMeanwhile(Busy):
     """Another attempt of an expiry (its lease lapsed under a worker that lives on)
     committed while this one ran: rolled back, and the retry finds it in the inbox."""
@@ -98,6 +118,13 @@ def _record(inbox: Inbox, connection: Connection, done: list[tuple[str, int, Res
         raise CommittedMeanwhile(
             f"another attempt committed one of these expiries meanwhile: {describe_error(exc)}"
         ) from exc
+
+
+def _invalidate(connection: Connection) -> None:
+    try:
+        connection.invalidate()
+    except Exception as exc:
+        get_logger().debug("connection.invalidate_failed", error=describe_error(exc))
 
 
 def _close(connection: Connection) -> None:

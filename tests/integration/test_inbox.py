@@ -10,13 +10,13 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 import redis
-from sqlalchemy import make_url, text
+from sqlalchemy import Engine, create_engine, event, make_url, select, text
 from structlog.testing import capture_logs
 
 from expiryd import config
 from expiryd.database.engine import make_engine
-from expiryd.database.inbox import Inbox, exists
-from expiryd.database.transaction import CommitUnknown
+from expiryd.database.inbox import Entry, Inbox, exists
+from expiryd.database.transaction import CommittedMeanwhile, CommitUnknown
 from expiryd.errors import ConfigError
 from expiryd.expiry import Expiry
 from expiryd.handlers import Handler, build_handlers
@@ -57,10 +57,12 @@ def handler_for(url: str, toml: str, database: str = "") -> tuple[config.Config,
     return loaded, handlers[loaded.routes[0].name]
 
 
-def expiries(loaded: config.Config, keys: Sequence[str], attempt: int = 1) -> list[Expiry]:
+def expiries(
+    loaded: config.Config, keys: Sequence[str], attempt: int = 1, first_run: bool = False
+) -> list[Expiry]:
     found = [match_route(loaded.routes, key) for key in keys]
     return [
-        Expiry(key, m.route.name, m.fields, id=f"id-{key}", attempt=attempt)
+        Expiry(key, m.route.name, m.fields, id=f"id-{key}", attempt=attempt, first_run=first_run)
         for key, m in zip(keys, found, strict=True)
         if m is not None
     ]
@@ -178,6 +180,101 @@ def test_a_settled_expiry_is_never_run_again_by_a_later_attempt(database_url: st
         Result(Outcome.APPLIED, 1),
     ]
     assert counts(database_url) == [1, 1, 1]
+
+
+def inbox_lookups(engine: Engine) -> list[str]:
+    """The statements that will look ids up in the inbox through `engine`, as they are
+    sent (not the prune's, which selects by time)."""
+    sent: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.startswith("SELECT") and "expiryd_applied.expiry_id IN" in statement:
+            sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", note)
+    return sent
+
+
+def test_a_first_run_is_not_looked_up_in_the_inbox(database_url: str) -> None:
+    create_counters(database_url, 2)
+    loaded, bump = handler_for(database_url, BUMP)
+    lookups = inbox_lookups(bump.engine)  # type: ignore[attr-defined]
+    keys = ["bump:0", "bump:1"]
+
+    first = bump.run_many(expiries(loaded, keys, first_run=True))
+    assert results(first) == [Result(Outcome.APPLIED, 1)] * 2
+    assert lookups == []
+
+    again = bump.run_many(expiries(loaded, keys, attempt=2))
+    assert results(again) == [Result(Outcome.APPLIED, 1, committed_by_attempt=1)] * 2
+    assert len(lookups) == 1
+    assert counts(database_url) == [1, 1]
+
+
+def test_a_first_run_that_did_commit_is_rolled_back_and_its_retry_finds_it(
+    database_url: str,
+) -> None:
+    """An expiry taken for a first run although an attempt of it committed (a dead
+    letter replayed after its worker died past its commit): its inbox entry fails the
+    INSERT, which rolls its work back; the rest of its group commits on its own, and
+    the retry, no longer a first run, finds it."""
+    create_counters(database_url, 3)
+    loaded, bump = handler_for(database_url, BUMP)
+    bump.run_many(expiries(loaded, ["bump:0", "bump:1"], first_run=True))
+
+    group = bump.run_many(expiries(loaded, ["bump:0", "bump:1", "bump:2"], first_run=True))
+    assert all(isinstance(e, CommittedMeanwhile) for e in group[:2]), group
+    assert group[2] == Result(Outcome.APPLIED, 1)
+    with pytest.raises(CommittedMeanwhile):
+        bump.run_many(expiries(loaded, ["bump:0"], first_run=True))
+    assert counts(database_url) == [1, 1, 1]
+
+    retried = bump.run_many(expiries(loaded, ["bump:0", "bump:1"], attempt=2))
+    assert results(retried) == [Result(Outcome.APPLIED, 1, committed_by_attempt=1)] * 2
+    assert counts(database_url) == [1, 1, 1]
+
+
+def test_a_first_run_of_a_cancelled_order_that_did_commit_is_found_applied(
+    database_url: str,
+) -> None:
+    create_orders(database_url, {"SN1": 0, "SN2": 0})
+    loaded, cancel = handler_for(database_url, ORDER_ROUTES)
+    cancel.run_many(expiries(loaded, ["order:cancel:SN1"], first_run=True))
+
+    keys = ["order:cancel:SN1", "order:cancel:SN2"]
+    group = cancel.run_many(expiries(loaded, keys, first_run=True))
+    assert isinstance(group[0], CommittedMeanwhile), group  # not `skipped`
+    assert group[1] == Result(Outcome.APPLIED, 1)
+    retried = cancel.run_many(expiries(loaded, keys[:1], attempt=2))
+    assert results(retried) == [Result(Outcome.APPLIED, 1, committed_by_attempt=1)]
+
+
+def test_every_entry_comes_back_from_the_inbox_as_recorded(database_url: str) -> None:
+    """Ids are bound parameters, whatever they hold; the rest of a row is written out,
+    once for each distinct entry, into a table whose name needs quoting."""
+    engine = make_engine(load(database_url, BUMP).database)
+    inbox = Inbox.open(engine, "expiryd applied 100%")
+    entries = [
+        ("plain", 1, Result(Outcome.APPLIED, 1)),
+        ("it's \\ 100% %s ?", 1, Result(Outcome.APPLIED, 1)),
+        ("skipped", 2, Result(Outcome.SKIPPED, 0)),
+        ("unknown count", 5, Result(Outcome.APPLIED, None)),
+        ("many", 1, Result(Outcome.APPLIED, 3)),
+    ]
+    with engine.begin() as connection:
+        inbox.record(connection, entries)
+    with engine.connect() as connection:
+        found = inbox.look_up(connection, [expiry_id for expiry_id, _, _ in entries])
+        times = connection.execute(select(inbox.table.c.applied_at_ms).distinct()).all()
+    assert found == {i: Entry(attempt, result) for i, attempt, result in entries}
+    assert len(times) == 1
+    engine.dispose()
+
+
+def test_an_inbox_needs_a_driver_that_takes_positional_parameters(sqlite_url: str) -> None:
+    engine = create_engine(sqlite_url, paramstyle="named")
+    with pytest.raises(ConfigError, match="inbox = false"):
+        Inbox.open(engine, "expiryd_applied")
 
 
 def test_a_group_rolled_back_records_only_what_then_committed_alone(database_url: str) -> None:
