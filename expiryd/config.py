@@ -18,6 +18,7 @@ import redis
 from expiryd import defaults
 from expiryd.errors import ConfigError
 from expiryd.redact import password_misread, redact_url, remember
+from expiryd.redis.sentinel import SentinelGroup, SentinelUrlError
 from expiryd.retries import RetryPolicy
 from expiryd.routes import Pattern, PatternError, Route
 
@@ -240,10 +241,16 @@ def _parse_redis(
     section.only("url", "prefix", "max_key_bytes", "capture_values", "max_value_bytes")
     found = {**credentials, **{k: v for k, v in environ.items() if k == ENV_REDIS_URL}}
     url = _url(section, ENV_REDIS_URL, CREDENTIAL_REDIS_URL, found, defaults.REDIS_URL)
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise section.fail("url", "must start with redis://, rediss:// or unix://")
+    schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+    if not url.startswith(schemes):
+        raise section.fail("url", f"must start with {', '.join(schemes[:-1])} or {schemes[-1]}")
     try:
-        redis.ConnectionPool.from_url(url)
+        if url.startswith(schemes[3:]):
+            SentinelGroup.from_url(url)
+        else:
+            redis.ConnectionPool.from_url(url)
+    except SentinelUrlError as exc:
+        raise section.fail("url", f"{redact_url(url)!r} is not a Sentinel URL: {exc}") from None
     except ValueError:
         # The parser's own message may quote part of the password: never show it.
         raise section.fail(

@@ -20,6 +20,7 @@ MASK = "***"
 _SECRET_QUERY = re.compile(r"(?i)([?&][a-z_]*(?:pass|pwd|secret|token)[a-z_]*=)[^&#]*")
 _MASKED_VALUE = rf"\1{MASK}"
 _known: set[str] = set()
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
 
 def redact_url(url: str) -> str:
@@ -33,7 +34,11 @@ def redact_url(url: str) -> str:
 
 def parsed_password(url: str) -> str | None:
     """The password as the parser of this kind of URL reads it (None for none)."""
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(_REDIS_SCHEMES[3:]):
+        # A Sentinel URL names several hosts: read its credentials as a plain one's.
+        userinfo, at, _ = url.partition("://")[2].rpartition("@")
+        password = parse_redis_url(f"redis://{userinfo}{at}127.0.0.1/0").get("password")
+    elif url.startswith(_REDIS_SCHEMES):
         password = parse_redis_url(url).get("password")
     else:
         password = make_url(url).password
@@ -62,7 +67,7 @@ def url_passwords(url: str) -> set[str]:
     found: set[str | None] = set()
     try:
         found.add(parsed_password(url))
-        if url.startswith(("redis://", "rediss://", "unix://")):
+        if url.startswith(_REDIS_SCHEMES):
             query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
         else:
             query = {k: str(v) for k, v in make_url(url).query.items()}

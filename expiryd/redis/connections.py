@@ -12,6 +12,8 @@ from redis.retry import Retry
 from expiryd import defaults
 from expiryd.errors import ServiceError
 from expiryd.redact import redact_url
+from expiryd.redis.sentinel import SCHEMES as SENTINEL_SCHEMES
+from expiryd.redis.sentinel import Address, SentinelGroup
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
@@ -22,13 +24,19 @@ UNSAFE_EVICTION = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
 
 @dataclass(frozen=True)
 class RedisTarget:
+    """The Redis expiryd works on: one server, or the primary of a Sentinel `group`."""
+
     url: str = field(repr=False)
     db: int
     host: str
     port: int | None
+    group: SentinelGroup | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisTarget:
+        if url.partition("://")[0] in SENTINEL_SCHEMES:
+            group = SentinelGroup.from_url(url)
+            return cls(url, group.db, "", None, group)
         kwargs = redis.ConnectionPool.from_url(url).connection_kwargs
         return cls(
             url, int(kwargs.get("db") or 0), kwargs.get("host", "localhost"), kwargs.get("port")
@@ -50,11 +58,25 @@ class RedisTarget:
             "socket_keepalive": True,
             "retry": Retry(NoBackoff(), 0),
         }
+        if self.group is not None:
+            return self.group.primary_client(settings | options)
         return redis.Redis.from_url(self.url, **(settings | options))
 
-    def cli_command(self, *words: str) -> str:
-        where = f"-h {self.host} -p {self.port}" if self.port else ""
+    def node_client(self, node: Address, **options: Any) -> redis.Redis:
+        """A client of one node of the Sentinel group, whatever its role."""
+        assert self.group is not None
+        return self.group.node_client(node, socket_connect_timeout=5, socket_timeout=10, **options)
+
+    def cli_command(self, *words: str, node: Address | None = None) -> str:
+        host, port = node or (self.host, self.port)
+        where = f"-h {host} -p {port}" if port else ""
         return " ".join(part for part in ("redis-cli", where, *words) if part)
+
+    def describe(self, node: Address | None = None) -> str:
+        """Where this is, for a message; with `node`, that node of the group."""
+        if node is None:
+            return self.safe_url
+        return f"{node[0]}:{node[1]} of {self.safe_url}"
 
 
 def eviction_problem(client: redis.Redis) -> str | None:
@@ -97,16 +119,19 @@ def read_notify_flags(client: redis.Redis) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def ensure_notifications(target: RedisTarget, client: redis.Redis, configure: bool) -> str | None:
+def ensure_notifications(
+    target: RedisTarget, client: redis.Redis, configure: bool, node: Address | None = None
+) -> str | None:
     """Check (or with `configure`, set) notify-keyspace-events; return the flags in force,
-    or None when this Redis user may not read them (an ACL user without CONFIG GET)."""
+    or None when this Redis user may not read them (an ACL user without CONFIG GET).
+    `node`: the node of a Sentinel group that `client` is on, for the messages."""
     try:
         current = read_notify_flags(client)
     except redis.exceptions.NoPermissionError:
         return None
     except redis.ResponseError as exc:
         raise ServiceError(
-            f"cannot read notify-keyspace-events from {target.safe_url} ({exc}); "
+            f"cannot read notify-keyspace-events from {target.describe(node)} ({exc}); "
             f"make sure redis.conf has: notify-keyspace-events {defaults.NOTIFY_FLAGS}"
         ) from None
     missing = missing_flags(current)
@@ -117,9 +142,9 @@ def ensure_notifications(target: RedisTarget, client: redis.Redis, configure: bo
         client.config_set("notify-keyspace-events", wanted)
         return wanted
     raise ServiceError(
-        f"Redis at {target.safe_url} has notify-keyspace-events {current!r} and expiryd needs "
-        f"{defaults.NOTIFY_FLAGS!r}. Run: "
-        f"{target.cli_command('CONFIG SET notify-keyspace-events', wanted)} "
+        f"Redis at {target.describe(node)} has notify-keyspace-events {current!r} and expiryd "
+        f"needs {defaults.NOTIFY_FLAGS!r}. Run: "
+        f"{target.cli_command('CONFIG SET notify-keyspace-events', wanted, node=node)} "
         f"and put this line in redis.conf: notify-keyspace-events {wanted} "
         "(or start with: expiryd run --configure-redis)"
     )

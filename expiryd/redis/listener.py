@@ -28,6 +28,7 @@ from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, get_logger
 from expiryd.redis.connections import CONNECTION_ERRORS, RedisTarget, ensure_notifications
 from expiryd.redis.keyspace import Keyspace
+from expiryd.redis.sentinel import Address
 
 _KEEPALIVE = {
     option: value
@@ -103,6 +104,10 @@ class Listener(Component):
         self.subscribed = threading.Event()
         """Set while every channel is subscribed; cleared when the connection is lost."""
         self.subscriptions = 0
+        self.address: Address | None = None
+        """The Redis node subscribed on, while subscribed."""
+        self._node: Address | None = None
+        self._leave: str | None = None
         self._kinds: dict[bytes, Kind] = {
             target.keyevent_channel(kind.value).encode(): kind
             for kind in Kind
@@ -133,17 +138,52 @@ class Listener(Component):
         pubsub = client.pubsub()
         self._confirmed = 0
         try:
-            ensure_notifications(self.target, client, self.configure_redis)
+            self._ensure_notifications(client)
             pubsub.subscribe(*self._kinds)
+            self._node = _node_of(pubsub.connection)
             while not self.halt.is_set():
+                if self._leave is not None:
+                    self._log.warning(
+                        "redis.primary_changed", was=_named(self._node), reason=self._leave
+                    )
+                    return
                 self.beat()
                 # The raw reply, without get_message's per-message dict and bookkeeping:
                 # this loop runs once per event, hundreds of thousands of times a second.
                 self._receive(pubsub.parse_response(block=False, timeout=1.0))
         finally:
             self.subscribed.clear()
+            self.address = self._node = None
+            self._leave = None
             pubsub.close()
             client.close()
+
+    def follow(self, why: str) -> None:
+        """Leave the node subscribed on, and subscribe again wherever the primary is now."""
+        self._leave = why
+
+    def _ensure_notifications(self, client: redis.Redis) -> None:
+        group = self.target.group
+        if group is None:
+            ensure_notifications(self.target, client, self.configure_redis)
+            return
+        # In a Sentinel group a replica may become the primary at any time, and the flags
+        # are not replicated: each node needs its own.
+        primary, replicas = group.nodes()
+        ensure_notifications(self.target, client, self.configure_redis, primary)
+        for replica in replicas:
+            self._ensure_replica_notifications(replica)
+
+    def _ensure_replica_notifications(self, replica: Address) -> None:
+        node = self.target.node_client(replica)
+        try:
+            ensure_notifications(self.target, node, self.configure_redis, replica)
+        except (ServiceError, *CONNECTION_ERRORS) as exc:
+            self._log.warning(
+                "redis.replica_unready", node=_named(replica), error=describe_error(exc)
+            )
+        finally:
+            node.close()
 
     def _receive(self, reply: list[bytes] | None) -> None:
         """One reply of the subscribed connection: [b"message", channel, data], or
@@ -157,6 +197,7 @@ class Listener(Component):
             if self._confirmed == len(self._kinds):
                 # The server's confirmation: from here on, no event is missed.
                 self.subscriptions += 1
+                self.address = self._node
                 self._backoff.reset()
                 self.subscribed.set()
                 self._log.info("listener.subscribed", resubscribe=self.subscriptions > 1)
@@ -182,3 +223,12 @@ class Listener(Component):
 
     def _wait_after(self, event: str, error: str, exc_info: bool = False) -> None:
         self._backoff.wait_after(self.halt, self._log, event, error, exc_info)
+
+
+def _node_of(connection: object) -> Address | None:
+    host, port = getattr(connection, "host", None), getattr(connection, "port", None)
+    return (str(host), int(port)) if host and port else None
+
+
+def _named(node: Address | None) -> str:
+    return f"{node[0]}:{node[1]}" if node else "?"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from expiryd.redis.connections import (
 )
 from expiryd.redis.keyspace import Keyspace
 from expiryd.redis.queue import JobQueue
+from expiryd.redis.sentinel import Address
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class CheckResult:
 def run_checks(config: Config) -> Iterator[CheckResult]:
     yield CheckResult(True, f"config {config.source} ({len(config.routes)} routes)")
     yield _attempt(lambda: _check_redis(config))
+    target = RedisTarget.from_url(config.redis.url)
+    if target.group is not None:
+        yield from _check_nodes(target)
     engine = make_engine(config.database)
     try:
         database = _attempt(lambda: _check_database(engine))
@@ -61,7 +66,8 @@ def _check_redis(config: Config) -> str:
     client = target.client()
     try:
         client.ping()
-        flags = ensure_notifications(target, client, configure=False)
+        # A Sentinel group's flags are checked node by node (see `_check_nodes`).
+        flags = "" if target.group else ensure_notifications(target, client, configure=False)
         eviction = eviction_problem(client)
         jobs = JobQueue(client, Keyspace(config.redis.prefix, target.db)).counts()
     except CONNECTION_ERRORS as exc:
@@ -71,8 +77,39 @@ def _check_redis(config: Config) -> str:
     if eviction:
         raise UserError(f"Redis at {target.safe_url}: {eviction}")
     queue = ", ".join(f"{n} {state}" for state, n in jobs.items())
+    if target.group:
+        return f"Redis at {target.safe_url}; jobs: {queue}"
     shown = UNVERIFIED if flags is None else repr(flags)
     return f"Redis at {target.safe_url}, notify-keyspace-events {shown}; jobs: {queue}"
+
+
+def _check_nodes(target: RedisTarget) -> Iterator[CheckResult]:
+    """Every node of a Sentinel group: a replica promoted without the flags hears nothing."""
+    assert target.group is not None
+    try:
+        primary, replicas = target.group.nodes()
+    except CONNECTION_ERRORS as exc:
+        yield CheckResult(False, f"{target.group.describe()}: {describe_error(exc)}")
+        return
+    nodes = [("primary", primary), *(("replica", replica) for replica in replicas)]
+    for role, node in nodes:
+        yield _attempt(functools.partial(_check_node, target, role, node))
+    if not replicas:
+        yield CheckResult(True, f"{target.group.describe()}: no replica to fail over to")
+
+
+def _check_node(target: RedisTarget, role: str, node: Address) -> str:
+    client = target.node_client(node)
+    try:
+        flags = ensure_notifications(target, client, configure=False, node=node)
+    except CONNECTION_ERRORS as exc:
+        raise UserError(f"{role} {target.describe(node)}: {describe_error(exc)}") from None
+    except UserError as exc:
+        raise UserError(f"{role}: {exc}") from None
+    finally:
+        client.close()
+    shown = UNVERIFIED if flags is None else repr(flags)
+    return f"{role} {node[0]}:{node[1]}, notify-keyspace-events {shown}"
 
 
 UNVERIFIED = "not readable by this user (no CONFIG GET): make sure redis.conf sets it"

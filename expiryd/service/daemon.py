@@ -23,10 +23,12 @@ import time
 from collections.abc import Mapping
 
 import redis
+from redis.sentinel import SentinelConnectionPool
 from sqlalchemy import Engine
 
 from expiryd import __version__, defaults
 from expiryd.backoff import Backoff
+from expiryd.component import Component
 from expiryd.config import Config
 from expiryd.config import load as load_config
 from expiryd.database.engine import make_engine
@@ -49,6 +51,7 @@ from expiryd.redis.ledger import Ledger
 from expiryd.redis.listener import Listener
 from expiryd.redis.markers import Markers
 from expiryd.redis.queue import JobQueue
+from expiryd.redis.sentinel import PrimaryWatch
 from expiryd.redis.sweeper import Sweeper
 from expiryd.service import reload
 from expiryd.service.launcher import Launcher
@@ -106,6 +109,16 @@ class Daemon:
             configure_redis=configure_redis,
             beat=self.loops.beat_for("listener"),
         )
+        self.primary_watch = (
+            PrimaryWatch(
+                group=self.target.group,
+                listening_on=lambda: self.listener.address,
+                moved=self._primary_moved,
+                beat=self.loops.beat_for("primary_watch"),
+            )
+            if self.target.group is not None
+            else None
+        )
         self.sweeper = Sweeper(
             ledger=ledger,
             markers=markers,
@@ -159,7 +172,7 @@ class Daemon:
             for worker in self.workers:
                 self.launcher.start(worker)
             if self.listen:
-                for component in (self.dispatcher, self.sweeper, self.listener):
+                for component in self._listening():
                     self.launcher.start(component)
             self.launcher.serve(reload=self._consider_reload)
             return self._stop()
@@ -180,7 +193,7 @@ class Daemon:
         deadline = time.monotonic() + grace
         self.launcher.quiet()
         # In this order, so that the dispatcher applies all that the listener heard.
-        for component in (self.listener, self.sweeper, self.dispatcher):
+        for component in reversed(self._listening()):
             component.stop(deadline)
         self.launcher.stop(deadline)
         unfinished = self._in_hand()
@@ -196,6 +209,20 @@ class Daemon:
             **{o.value: counts[o] for o in Outcome},
         )
         return EXIT_THREAD_DIED if self.launcher.died else 0
+
+    def _listening(self) -> list[Component]:
+        """What `run` starts besides the workers, in the order to start them."""
+        watch = [self.primary_watch] if self.primary_watch is not None else []
+        return [self.dispatcher, self.sweeper, self.listener, *watch]
+
+    def _primary_moved(self, why: str) -> None:
+        """A Sentinel group's primary moved: the listener subscribes again where it is now,
+        and connections still on the old one are closed once they are handed back."""
+        self.listener.follow(why)
+        for client in (self.redis, self.reporter.client):
+            pool = client.connection_pool
+            if isinstance(pool, SentinelConnectionPool):
+                pool.get_master_address()
 
     def _upgrade_queue(self) -> None:
         """Before any worker touches the queue: move in the jobs an earlier expiryd queued."""

@@ -50,14 +50,19 @@ class RedisServer:
         notify_flags: str = "Egx",
         config_file: Path | None = None,
         tls: Certs | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         """`config_file`: a redis.conf to start from; the arguments below override it.
-        `tls`: serve TLS only, with this certificate."""
+        `tls`: serve TLS only, with this certificate. `extra_args`: more redis-server
+        arguments (`--replicaof`, say)."""
         self.workdir = workdir
         self.port = free_port()
         self.notify_flags = notify_flags
         self.config_file = config_file
         self.tls = tls
+        self.extra_args = extra_args
+        self.detached = False
+        """Started in a session of its own, to outlive the process that started it."""
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -108,8 +113,10 @@ class RedisServer:
                 self.notify_flags,
                 "--logfile",
                 str(self.workdir / "redis.log"),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
+            start_new_session=self.detached,
         )
         wait_until(self._answers, 10, "redis-server")
 

@@ -5,6 +5,8 @@ import pytest
 
 from expiryd import config
 from expiryd.errors import ConfigError
+from expiryd.redact import redact_url
+from expiryd.redis.connections import RedisTarget
 
 
 def parse(text: str, environ: dict[str, str] | None = None) -> config.Config:
@@ -152,3 +154,39 @@ def test_an_empty_credential_file_leaves_the_url_to_the_config_file(tmp_path: Pa
     (tmp_path / "redis_url").write_text("\n")
     loaded = parse('[redis]\nurl = "redis://file:1/2"\n', {"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert loaded.redis.url == "redis://file:1/2"
+
+
+def test_a_sentinel_url_names_sentinels_service_db_and_both_sets_of_credentials() -> None:
+    url = (
+        "rediss+sentinel://app:n0de-pw@10.0.0.1:26379,[::1]:26380,sentinel-3/mymaster/3"
+        "?sentinel_username=watch&sentinel_password=s3nt-pw&ssl_ca_certs=/etc/ca.pem"
+    )
+    group = RedisTarget.from_url(parse(f'[redis]\nurl = "{url}"\n').redis.url).group
+    assert group is not None
+    assert group.sentinels == (("10.0.0.1", 26379), ("::1", 26380), ("sentinel-3", 26379))
+    assert (group.service, group.db) == ("mymaster", 3)
+    assert group.node_options["username"] == "app"
+    assert group.node_options["password"] == "n0de-pw"
+    assert group.node_options["ssl"] is True
+    assert group.sentinel_options["username"] == "watch"
+    assert group.sentinel_options["password"] == "s3nt-pw"
+    assert group.sentinel_options["ssl_ca_certs"] == "/etc/ca.pem"
+    assert "n0de-pw" not in redact_url(url) and "s3nt-pw" not in redact_url(url)
+    assert "n0de-pw" not in repr(group) and "s3nt-pw" not in repr(group)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis+sentinel://127.0.0.1:26379", r"the path must be /SERVICE or /SERVICE/DB"),
+        ("redis+sentinel://127.0.0.1:26379/m/x", r"the DB must be a number, not 'x'"),
+        ("redis+sentinel://:pw-secret@/m/1", r"name at least one sentinel"),
+        ("redis+sentinel://h:port/m/1", r"'h:port' is not a sentinel host:port"),
+    ],
+)
+def test_a_bad_sentinel_url_is_refused_in_one_line_without_its_password(
+    url: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse(f'[redis]\nurl = "{url}"\n')
+    assert "pw-secret" not in str(caught.value)

@@ -1,0 +1,144 @@
+"""Redis Sentinel: expiryd follows the primary across failovers, against a real group of
+redis-server processes (a primary, a replica, three sentinels) and MariaDB.
+
+"Exactly once" is read from the audit trigger (one row per changed order)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import REPO, assert_queue_settled, write_config
+from tests.support.daemon import DaemonProcess, psetex_many, run_cli
+from tests.support.shop import ORDER_ROUTES, add_audit, audit, create_orders
+from tests.support.topology import SentinelSetup
+
+pytestmark = pytest.mark.topology
+
+WORKER = "[worker]\nlease_seconds = 5\ngrace_seconds = 10\n"
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[SentinelSetup]:
+    setup = SentinelSetup(tmp_path / "sentinel")
+    setup.start()
+    yield setup
+    setup.stop()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+def start(
+    tmp_path: Path, daemons: list[DaemonProcess], redis_url: str, url: str, *args: str
+) -> DaemonProcess:
+    config = write_config(tmp_path / "expiryd.toml", redis_url, url, WORKER + ORDER_ROUTES)
+    daemon = DaemonProcess(config, args, env={"PYTHONPATH": str(REPO)})
+    daemons.append(daemon)
+    daemon.wait_subscribed()
+    return daemon
+
+
+def orders(url: str, first: int, count: int, create: bool = True) -> list[str]:
+    numbers = [f"SN{n:06d}" for n in range(first, first + count)]
+    create_orders(url, dict.fromkeys(numbers, 0), create=create)
+    if create:
+        add_audit(url)
+    return numbers
+
+
+def keys(numbers: list[str]) -> set[str]:
+    return {f"order:cancel:{n}" for n in numbers}
+
+
+def cancel_spread(client: object, numbers: list[str], first_ms: int, over_ms: int) -> None:
+    """Deadlines spread evenly over `over_ms`, the first `first_ms` from now."""
+    ttls = [first_ms + i * over_ms // len(numbers) for i in range(len(numbers))]
+    psetex_many(client, [f"order:cancel:{n}" for n in numbers], ttls)  # type: ignore[arg-type]
+
+
+def wait_audited(daemon: DaemonProcess, url: str, count: int, timeout: float = 60) -> None:
+    daemon.wait_for(lambda: len(audit(url)) >= count, timeout, f"{count} orders cancelled")
+
+
+def assert_each_once(url: str, numbers: list[str]) -> None:
+    changed = Counter(audit(url))
+    assert sorted(changed) == sorted(numbers)
+    twice = [n for n, times in changed.items() if times > 1]
+    assert twice == [], f"cancelled more than once: {twice[:5]}"
+
+
+def subscribed_on(setup: SentinelSetup, address: tuple[str, int]) -> int:
+    """How many pub/sub clients the node at `address` has."""
+    return len(setup.server_at(address).client().client_list(_type="pubsub"))
+
+
+@pytest.mark.mysql
+def test_a_failover_mid_burst_cancels_every_order_once_and_expiryd_follows_the_primary(
+    sentinel: SentinelSetup, daemons: list[DaemonProcess], tmp_path: Path, mysql_url: str
+) -> None:
+    first = orders(mysql_url, 0, 3000)
+    daemon = start(tmp_path, daemons, sentinel.url(), mysql_url)
+    cancel_spread(sentinel.client(), first, 1000, 6000)
+    wait_audited(daemon, mysql_url, 1000)
+
+    old = sentinel.primary_address()
+    new = sentinel.failover()
+    assert new != old
+    # The old primary stays a primary, still expiring its keys, until the sentinels turn
+    # it into a replica some 10-15 s later. Keys on the new one must be heard before that.
+    soon = orders(mysql_url, 10_000, 200, create=False)
+    cancel_spread(sentinel.client(), soon, 3000, 200)
+    wait_audited(daemon, mysql_url, len(first) + len(soon))
+    daemon.wait_for_event("redis.primary_changed")
+    daemon.wait_for(lambda: subscribed_on(sentinel, new) >= 1, 10, "a subscriber on the new")
+    assert_each_once(mysql_url, first + soon)
+    late = [line for line in daemon.handled() if line["key"] in keys(soon)]
+    assert max(line["lateness_ms"] for line in late) < 5000, "heard only once demoted"
+
+    # Back to the first node, once it replicates from the new primary; then new keys.
+    sentinel.wait_demoted(old)
+    assert sentinel.failover() == old
+    second = orders(mysql_url, 3000, 1000, create=False)
+    cancel_spread(sentinel.client(), second, 500, 2000)
+    wait_audited(daemon, mysql_url, len(first) + len(soon) + len(second))
+    assert_each_once(mysql_url, first + soon + second)
+    assert len(daemon.events("redis.primary_changed")) >= 2
+    assert_queue_settled(sentinel, daemons)  # type: ignore[arg-type]
+    assert daemon.events("expiry.dead") == []
+
+
+@pytest.mark.mysql
+def test_configure_redis_sets_the_flags_on_every_node_and_check_reports_each(
+    tmp_path: Path, daemons: list[DaemonProcess], mysql_url: str
+) -> None:
+    setup = SentinelSetup(tmp_path / "bare", notify_flags="")
+    setup.start()
+    try:
+        config = write_config(tmp_path / "check.toml", setup.url(), mysql_url, ORDER_ROUTES)
+        orders(mysql_url, 0, 1)
+        before = run_cli("check", "--config", str(config))
+        assert before.returncode == 1
+        assert f"FAIL: primary: Redis at 127.0.0.1:{setup.primary.port} of" in before.stdout
+        assert f"FAIL: replica: Redis at 127.0.0.1:{setup.replica.port} of" in before.stdout
+        assert "CONFIG SET notify-keyspace-events" in before.stdout
+
+        start(tmp_path, daemons, setup.url(), mysql_url, "--configure-redis")
+        for server in setup.servers:
+            flags = server.client().config_get("notify-keyspace-events")
+            assert set("Egx") <= set(flags["notify-keyspace-events"]), server.port
+
+        after = run_cli("check", "--config", str(config))
+        assert after.returncode == 0, after.stdout + after.stderr
+        assert f"ok: primary 127.0.0.1:{setup.primary.port}" in after.stdout
+        assert f"ok: replica 127.0.0.1:{setup.replica.port}" in after.stdout
+    finally:
+        setup.stop()

@@ -1,0 +1,203 @@
+"""Throwaway Redis topologies on loopback, in temp dirs: a Sentinel group (a primary, a
+replica and three sentinels).
+
+The tests use the classes; `scripts/sentinel-up` and `scripts/sentinel-down` run this
+module to start one for a person, and to tear it down:
+
+    python -m tests.support.topology sentinel up DIR
+    python -m tests.support.topology sentinel down DIR
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+import redis.sentinel
+
+from tests.support.servers import RedisServer, free_port, require, wait_until
+
+SERVICE = "mymaster"
+
+
+class Sentinel:
+    """One redis-server in sentinel mode, watching `SERVICE`."""
+
+    def __init__(self, workdir: Path, primary_port: int, down_after_ms: int) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.config = workdir / "sentinel.conf"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"logfile {workdir / 'sentinel.log'}\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n"
+            f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
+            f"sentinel failover-timeout {SERVICE} 10000\n"
+        )
+        self.detached = False
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [require("redis-server"), str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            start_new_session=self.detached,
+        )
+        wait_until(lambda: bool(self.client().ping()), 10, "redis-sentinel")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+class SentinelSetup:
+    """A primary, one replica of it, and three sentinels; `url` is expiryd's URL for it.
+    `down_after_ms`: how long a silent primary may be before the sentinels fail it over
+    by themselves; generous, since the tests fail over on purpose."""
+
+    def __init__(
+        self, workdir: Path, notify_flags: str = "Egx", down_after_ms: int = 30_000
+    ) -> None:
+        self.workdir = workdir
+        self.primary = RedisServer(workdir / "primary", notify_flags)
+        self.replica = RedisServer(
+            workdir / "replica",
+            notify_flags,
+            extra_args=("--replicaof", "127.0.0.1", str(self.primary.port)),
+        )
+        self.sentinels = [
+            Sentinel(workdir / f"sentinel-{n}", self.primary.port, down_after_ms) for n in range(3)
+        ]
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return [self.primary, self.replica]
+
+    def url(self, db: int = 15) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SERVICE}/{db}"
+
+    def start(self, detached: bool = False) -> None:
+        for process in (*self.servers, *self.sentinels):
+            process.detached = detached
+        self.primary.start()
+        self.replica.start()
+        wait_until(lambda: self._replicating(self.replica), 20, "the replica")
+        for sentinel in self.sentinels:
+            sentinel.start()
+        wait_until(self._sentinels_agree, 30, "the sentinels")
+
+    def stop(self) -> None:
+        for process in (*self.sentinels, *self.servers):
+            process.stop()
+
+    def _replicating(self, server: RedisServer) -> bool:
+        info = server.client().info("replication")
+        return bool(info.get("master_link_status") == "up")
+
+    def _sentinels_agree(self) -> bool:
+        """Each sentinel knows the primary, its replica and the two other sentinels."""
+        for sentinel in self.sentinels:
+            state = sentinel.client().sentinel_master(SERVICE)
+            if state["num-slaves"] < 1 or state["num-other-sentinels"] < 2:
+                return False
+        return True
+
+    def primary_address(self) -> tuple[str, int]:
+        reply = self.sentinels[0].client().sentinel_get_master_addr_by_name(SERVICE)
+        host, port = reply
+        return (host.decode() if isinstance(host, bytes) else host), int(port)
+
+    def server_at(self, address: tuple[str, int]) -> RedisServer:
+        return next(s for s in self.servers if s.port == address[1])
+
+    def client(self, db: int = 15) -> redis.Redis:
+        """A client of whichever node is the primary now."""
+        sentinel = redis.sentinel.Sentinel(
+            [("127.0.0.1", s.port) for s in self.sentinels], socket_timeout=5
+        )
+        return sentinel.master_for(SERVICE, db=db, socket_timeout=5)
+
+    def failover(self, timeout: float = 30) -> tuple[str, int]:
+        """`SENTINEL FAILOVER`, then wait until every sentinel names the new primary and
+        it is writable; the new primary's address."""
+        old = self.primary_address()
+        self.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", SERVICE)
+
+        def switched() -> bool:
+            for sentinel in self.sentinels:
+                _host, port = sentinel.client().sentinel_get_master_addr_by_name(SERVICE)
+                if int(port) == old[1]:
+                    return False
+            new = self.server_at(self.primary_address())
+            return bool(new.client().execute_command("ROLE")[0] == b"master")
+
+        wait_until(switched, timeout, "the failover")
+        return self.primary_address()
+
+    def wait_demoted(self, address: tuple[str, int], timeout: float = 30) -> None:
+        """Until the node at `address` replicates from the new primary."""
+        server = self.server_at(address)
+        wait_until(lambda: self._replicating(server), timeout, "the old primary's demotion")
+
+
+def _up(workdir: Path) -> None:
+    setup = SentinelSetup(workdir)
+    setup.start(detached=True)
+    processes = [*setup.servers, *setup.sentinels]
+    state = {"url": setup.url(0), "pids": [p.process.pid for p in processes if p.process]}
+    (workdir / "state.json").write_text(json.dumps(state))
+    print(f"Sentinel group up in {workdir}")
+    print(f"  primary 127.0.0.1:{setup.primary.port}, replica 127.0.0.1:{setup.replica.port}")
+    print(f"  expiryd URL: {state['url']}")
+
+
+def _down(workdir: Path) -> None:
+    state_file = workdir / "state.json"
+    if not state_file.exists():
+        print(f"nothing is up in {workdir}", file=sys.stderr)
+        return
+    pids = json.loads(state_file.read_text())["pids"]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    state_file.unlink()
+    print(f"Sentinel group in {workdir} stopped")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "sentinel" or argv[1] not in ("up", "down"):
+        print("usage: python -m tests.support.topology sentinel up|down DIR", file=sys.stderr)
+        return 2
+    workdir = Path(argv[2])
+    workdir.mkdir(parents=True, exist_ok=True)
+    (_up if argv[1] == "up" else _down)(workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
