@@ -18,7 +18,9 @@ import redis
 from expiryd import defaults
 from expiryd.errors import ConfigError
 from expiryd.redact import password_misread, redact_url, remember
-from expiryd.redis.sentinel import SentinelGroup, SentinelUrlError
+from expiryd.redis.cluster import ClusterSeeds
+from expiryd.redis.nodes import NodeUrlError
+from expiryd.redis.sentinel import SentinelGroup
 from expiryd.retries import RetryPolicy
 from expiryd.routes import Pattern, PatternError, Route
 
@@ -241,16 +243,16 @@ def _parse_redis(
     section.only("url", "prefix", "max_key_bytes", "capture_values", "max_value_bytes")
     found = {**credentials, **{k: v for k, v in environ.items() if k == ENV_REDIS_URL}}
     url = _url(section, ENV_REDIS_URL, CREDENTIAL_REDIS_URL, found, defaults.REDIS_URL)
-    schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+    schemes = (
+        *("redis://", "rediss://", "unix://"),
+        *("redis+sentinel://", "rediss+sentinel://", "redis+cluster://", "rediss+cluster://"),
+    )
     if not url.startswith(schemes):
         raise section.fail("url", f"must start with {', '.join(schemes[:-1])} or {schemes[-1]}")
     try:
-        if url.startswith(schemes[3:]):
-            SentinelGroup.from_url(url)
-        else:
-            redis.ConnectionPool.from_url(url)
-    except SentinelUrlError as exc:
-        raise section.fail("url", f"{redact_url(url)!r} is not a Sentinel URL: {exc}") from None
+        _parse_redis_url(url)
+    except NodeUrlError as exc:
+        raise section.fail("url", f"{redact_url(url)!r}: {exc}") from None
     except ValueError:
         # The parser's own message may quote part of the password: never show it.
         raise section.fail(
@@ -271,6 +273,15 @@ def _parse_redis(
         capture_values=section.get("capture_values", bool, defaults.CAPTURE_VALUES),
         max_value_bytes=_positive(section, "max_value_bytes", defaults.MAX_VALUE_BYTES),
     )
+
+
+def _parse_redis_url(url: str) -> None:
+    if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
+        SentinelGroup.from_url(url)
+    elif url.startswith(("redis+cluster://", "rediss+cluster://")):
+        ClusterSeeds.from_url(url)
+    else:
+        redis.ConnectionPool.from_url(url)
 
 
 def _check_prefix(section: _Section, prefix: str, routes: tuple[Route, ...]) -> None:

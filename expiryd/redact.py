@@ -20,7 +20,10 @@ MASK = "***"
 _SECRET_QUERY = re.compile(r"(?i)([?&][a-z_]*(?:pass|pwd|secret|token)[a-z_]*=)[^&#]*")
 _MASKED_VALUE = rf"\1{MASK}"
 _known: set[str] = set()
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+_REDIS_SCHEMES = (
+    *("redis://", "rediss://", "unix://"),
+    *("redis+sentinel://", "rediss+sentinel://", "redis+cluster://", "rediss+cluster://"),
+)
 
 
 def redact_url(url: str) -> str:
@@ -35,7 +38,8 @@ def redact_url(url: str) -> str:
 def parsed_password(url: str) -> str | None:
     """The password as the parser of this kind of URL reads it (None for none)."""
     if url.startswith(_REDIS_SCHEMES[3:]):
-        # A Sentinel URL names several hosts: read its credentials as a plain one's.
+        # A Sentinel or Cluster URL names several hosts: read its credentials as a plain
+        # one's.
         userinfo, at, _ = url.partition("://")[2].rpartition("@")
         password = parse_redis_url(f"redis://{userinfo}{at}127.0.0.1/0").get("password")
     elif url.startswith(_REDIS_SCHEMES):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -92,7 +92,7 @@ class Worker(Component):
     def __init__(
         self,
         *,
-        queue: JobQueue,
+        queues: Callable[[], Sequence[JobQueue]],
         routes: Sequence[Route],
         handlers: Mapping[str, Handler],
         settings: WorkerSettings,
@@ -102,7 +102,9 @@ class Worker(Component):
         name: str = "worker",
     ) -> None:
         super().__init__(name=name, beat=beat)
-        self.queue = queue
+        self.queues = queues
+        """The queues to take jobs from: one per shard (see `redis.shard`)."""
+        self._turns = 0
         self.routes = routes
         self.handlers = handlers
         self.settings = settings
@@ -159,25 +161,32 @@ class Worker(Component):
                 self._pause("worker.crashed", exc, exc_info=True)
 
     def _turn(self, wait: bool) -> bool:
-        """Run one batch, or (with `wait`) wait a while for one; whether there was one."""
-        self._requeue_lapsed()
-        jobs, missing = self.queue.take(
-            self.settings.batch_size, self.settings.lease_seconds * 1000, self._token
-        )
-        if missing:
-            self._log.error("jobs.missing", jobs=missing, reason=MISSING)
-        if jobs:
-            self._run_batch(jobs)
-        elif wait and not self.halt.is_set():
+        """Run one batch, from the first queue that has one (each turn starts with the
+        next queue, so that none waits behind a busy one), or (with `wait`) wait a while
+        for one; whether there was one."""
+        queues = list(self.queues())
+        self._turns += 1
+        for n in range(len(queues)):
+            queue = queues[(self._turns + n) % len(queues)]
+            self._requeue_lapsed(queue)
+            jobs, missing = queue.take(
+                self.settings.batch_size, self.settings.lease_seconds * 1000, self._token
+            )
+            if missing:
+                self._log.error("jobs.missing", jobs=missing, reason=MISSING)
+            if jobs:
+                self._run_batch(queue, jobs)
+                return True
+        if wait and not self.halt.is_set():
             self.wake.wait(defaults.WORKER_POLL_SECONDS)
             self.wake.clear()
-        return bool(jobs)
+        return False
 
-    def _requeue_lapsed(self) -> None:
+    def _requeue_lapsed(self, queue: JobQueue) -> None:
         """Hand out again the jobs whose worker's lease lapsed (it was killed mid-batch),
         about once a second per process: every process that takes jobs does, `run` or
         `work`, so they are taken up while any process is left to take them."""
-        requeued, missing = self.queue.requeue_lapsed_if_due(defaults.REQUEUE_LAPSED_SECONDS)
+        requeued, missing = queue.requeue_lapsed_if_due(defaults.REQUEUE_LAPSED_SECONDS)
         if requeued:
             self._log.warning("jobs.requeued", jobs=requeued, reason="lease lapsed")
         if missing:
@@ -186,7 +195,7 @@ class Worker(Component):
     def _pause(self, event: str, exc: Exception, exc_info: bool = False) -> None:
         self._backoff.wait_after(self.halt, self._log, event, describe_error(exc), exc_info)
 
-    def _run_batch(self, jobs: list[Job]) -> None:
+    def _run_batch(self, queue: JobQueue, jobs: list[Job]) -> None:
         """Run the jobs, a route's group at a time, each group marked as it starts and
         settled as it ends. After a worker died with some of them in hand, one job at a
         time instead, so that a job which kills its worker is found out and takes no
@@ -196,7 +205,7 @@ class Worker(Component):
         self.in_hand = len(jobs)
         lease = Lease({job.id for job in jobs})
         renewer = LeaseRenewer(
-            queue=self.queue,
+            queue=queue,
             token=self._token,
             lease=lease,
             lease_seconds=self.settings.lease_seconds,
@@ -205,25 +214,27 @@ class Worker(Component):
         try:
             size = 1 if any(job.lapses for job in jobs) else len(jobs)
             for start in range(0, len(jobs), size):
-                for settled in self._run_jobs(jobs[start : start + size], lease):
-                    self._settle(settled, lease)
+                for settled in self._run_jobs(queue, jobs[start : start + size], lease):
+                    self._settle(queue, settled, lease)
                     if self.halt.is_set() or lease.lost:
                         break
                 if self.halt.is_set() or lease.lost:
-                    self._settle([Settlement(i, "defer") for i in lease.held], lease)
+                    self._settle(queue, [Settlement(i, "defer") for i in lease.held], lease)
                     return
         finally:
             renewer.stop(time.monotonic() + self.settings.lease_seconds)
             self.in_hand = 0
 
-    def _settle(self, done: list[Settlement], lease: Lease) -> None:
+    def _settle(self, queue: JobQueue, done: list[Settlement], lease: Lease) -> None:
         with lease.lock:
-            ours = self.queue.settle(self._token, done)
+            ours = queue.settle(self._token, done)
             lease.held.difference_update(s.job_id for s in done)
         self.in_hand -= len(done)
         lease.count_held(ours, len(done))
 
-    def _run_jobs(self, jobs: list[Job], lease: Lease) -> Iterator[list[Settlement]]:
+    def _run_jobs(
+        self, queue: JobQueue, jobs: list[Job], lease: Lease
+    ) -> Iterator[list[Settlement]]:
         """Settlements, a group at a time: first the jobs decided without a handler
         (unrouted, out of attempts), then each route's group in one handler call."""
         attempts = [self._prepare(job) for job in jobs]
@@ -237,7 +248,7 @@ class Worker(Component):
         for name, group in groups.items():
             if self.halt.is_set():
                 return  # quieted: the groups not started are put back
-            marked = self.queue.mark_started(self._token, [a.job.id for a in group])
+            marked = queue.mark_started(self._token, [a.job.id for a in group])
             lease.count_held(marked, len(group))
             if lease.lost:
                 return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -12,8 +12,11 @@ from redis.retry import Retry
 from expiryd import defaults
 from expiryd.errors import ServiceError
 from expiryd.redact import redact_url
+from expiryd.redis.cluster import SCHEMES as CLUSTER_SCHEMES
+from expiryd.redis.cluster import ClusterSeeds
+from expiryd.redis.nodes import Address
 from expiryd.redis.sentinel import SCHEMES as SENTINEL_SCHEMES
-from expiryd.redis.sentinel import Address, SentinelGroup
+from expiryd.redis.sentinel import SentinelGroup
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
@@ -24,19 +27,24 @@ UNSAFE_EVICTION = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
 
 @dataclass(frozen=True)
 class RedisTarget:
-    """The Redis expiryd works on: one server, or the primary of a Sentinel `group`."""
+    """The Redis expiryd works on: one server, the primary of a Sentinel `group`, or a
+    `cluster`."""
 
     url: str = field(repr=False)
     db: int
     host: str
     port: int | None
     group: SentinelGroup | None = None
+    cluster: ClusterSeeds | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisTarget:
-        if url.partition("://")[0] in SENTINEL_SCHEMES:
+        scheme = url.partition("://")[0]
+        if scheme in SENTINEL_SCHEMES:
             group = SentinelGroup.from_url(url)
             return cls(url, group.db, "", None, group)
+        if scheme in CLUSTER_SCHEMES:
+            return cls(url, 0, "", None, cluster=ClusterSeeds.from_url(url))
         kwargs = redis.ConnectionPool.from_url(url).connection_kwargs
         return cls(
             url, int(kwargs.get("db") or 0), kwargs.get("host", "localhost"), kwargs.get("port")
@@ -60,12 +68,31 @@ class RedisTarget:
         }
         if self.group is not None:
             return self.group.primary_client(settings | options)
+        if self.cluster is not None:
+            # It follows MOVED replies and failovers itself, and takes the same commands
+            # on keys: expiryd's code uses it as a client of one Redis.
+            cluster = self.cluster.client(**({"retry": None} | settings | options))
+            return cast(redis.Redis, cluster)
         return redis.Redis.from_url(self.url, **(settings | options))
 
     def node_client(self, node: Address, **options: Any) -> redis.Redis:
-        """A client of one node of the Sentinel group, whatever its role."""
+        """A client of one node of the Sentinel group or cluster, whatever its role."""
+        settings: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 10}
+        if self.cluster is not None:
+            return self.cluster.node_client(node, **(settings | options))
         assert self.group is not None
-        return self.group.node_client(node, socket_connect_timeout=5, socket_timeout=10, **options)
+        return self.group.node_client(node, **(settings | options))
+
+    def node_target(self, node: Address) -> RedisTarget:
+        """One node of a cluster, as a Redis of its own (DB 0)."""
+        assert self.cluster is not None
+        scheme, _, rest = self.url.partition("://")
+        userinfo, at, _ = rest.partition("?")[0].rpartition("@")
+        query = rest.partition("?")[2]
+        plain = "rediss" if scheme.startswith("rediss") else "redis"
+        host = f"[{node[0]}]" if ":" in node[0] else node[0]
+        url = f"{plain}://{userinfo}{at}{host}:{node[1]}/0" + (f"?{query}" if query else "")
+        return RedisTarget.from_url(url)
 
     def cli_command(self, *words: str, node: Address | None = None) -> str:
         host, port = node or (self.host, self.port)

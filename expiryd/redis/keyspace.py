@@ -9,6 +9,13 @@ from dataclasses import dataclass
 class Keyspace:
     prefix: str
     db: int
+    tag: str = ""
+    """In a cluster, the hash tag that puts all these keys in one slot."""
+
+    @classmethod
+    def tagged(cls, prefix: str, tag: str) -> Keyspace:
+        """A cluster shard's keyspace: all its keys in the one slot of `tag` (DB 0)."""
+        return cls(f"{prefix}{{{tag}}}:", 0, tag)
 
     @property
     def deadlines(self) -> str:

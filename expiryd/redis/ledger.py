@@ -90,8 +90,11 @@ class Ledger:
         capture_values: bool = defaults.CAPTURE_VALUES,
         max_value_bytes: int = defaults.MAX_VALUE_BYTES,
         claims_kept_seconds: int = defaults.CLAIMS_KEPT_SECONDS,
+        scanned: redis.Redis | None = None,
     ) -> None:
+        """`scanned`: the node whose keys `scan` reads, when `client` is a cluster's."""
         self.client = client
+        self.scanned = scanned or client
         self.keyspace = keyspace
         self.capture_values = capture_values
         self.max_value_bytes = max_value_bytes
@@ -159,7 +162,7 @@ class Ledger:
         """Record every key of the watched DB that has a TTL and that `keys` watches; the
         number recorded."""
         recorded = 0
-        for batch in _batches(self.client.scan_iter(count=count), count):
+        for batch in _batches(self.scanned.scan_iter(count=count), count):
             beat()
             recorded += self.record([k for k in batch if keys.watches(k)])
         return recorded

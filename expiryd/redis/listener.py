@@ -92,7 +92,9 @@ class Listener(Component):
         on_subscribed: Callable[[], None],
         configure_redis: bool = False,
         beat: Beat = no_beat,
+        node: str = "",
     ) -> None:
+        """`node`: which node of a cluster this listener is on, for its log lines."""
         super().__init__(name="listener", beat=beat)
         self.target = target
         self.hear = hear
@@ -116,7 +118,7 @@ class Listener(Component):
         self._kinds[keyspace.sweep_channel.encode()] = Kind.MARKER
         self._confirmed = 0
         self._backoff = Backoff.reconnecting(beat)
-        self._log = get_logger(db=target.db)
+        self._log = get_logger(db=target.db, **({"node": node} if node else {}))
 
     def run(self) -> None:
         """Listen until quieted, reconnecting for as long as it takes."""

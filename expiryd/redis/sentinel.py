@@ -18,15 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 import redis.sentinel
-from redis.connection import parse_url
 
 from expiryd.component import Component
 from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, get_logger
+from expiryd.redis.nodes import Address, NodeUrlError, address_of, node_options, normal_address
 
 SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 """URL scheme -> whether data nodes and sentinels are reached over TLS."""
@@ -37,10 +37,8 @@ FOLLOW_CHECK_SECONDS = 1.0
 
 _SENTINEL_TIMEOUTS = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0}
 
-Address = tuple[str, int]
 
-
-class SentinelUrlError(ValueError):
+class SentinelUrlError(NodeUrlError):
     """A `redis+sentinel://` URL that does not parse; the message never quotes a secret."""
 
 
@@ -60,7 +58,9 @@ class SentinelGroup:
             raise SentinelUrlError(f"scheme must be one of {', '.join(SCHEMES)}")
         parts = urlsplit(f"x://{rest}")
         userinfo, _, hosts = parts.netloc.rpartition("@")
-        sentinels = tuple(_address(part) for part in hosts.split(",") if part)
+        sentinels = tuple(
+            address_of(part, DEFAULT_SENTINEL_PORT) for part in hosts.split(",") if part
+        )
         if not sentinels:
             raise SentinelUrlError("name at least one sentinel as host:port")
         service, db = _service_and_db(parts.path)
@@ -70,7 +70,7 @@ class SentinelGroup:
             for name in ("username", "password")
             if f"sentinel_{name}" in query
         }
-        node = _node_options(SCHEMES[scheme], userinfo, db, query)
+        node = node_options(SCHEMES[scheme], userinfo, db, query)
         tls = {k: v for k, v in node.items() if k.startswith("ssl")}
         return cls(sentinels, service, db, node, tls | sentinel_credentials)
 
@@ -96,27 +96,14 @@ class SentinelGroup:
         """The primary and the replicas the sentinels know of."""
         manager = self.manager(**_SENTINEL_TIMEOUTS)
         try:
-            primary = _normal(manager.discover_master(self.service))
-            return primary, [_normal(r) for r in manager.discover_replicas(self.service)]
+            primary = normal_address(manager.discover_master(self.service))
+            return primary, [normal_address(r) for r in manager.discover_replicas(self.service)]
         finally:
             manager.close()
 
     def describe(self) -> str:
         hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
         return f"sentinels {hosts}, service {self.service}"
-
-
-def _address(text: str) -> Address:
-    if text.startswith("["):  # an IPv6 address: [::1]:26379
-        host, _, port = text[1:].partition("]")
-        port = port.removeprefix(":")
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host, port = text, ""
-    if not host or not (port or str(DEFAULT_SENTINEL_PORT)).isdigit():
-        raise SentinelUrlError(f"{text!r} is not a sentinel host:port")
-    return host, int(port or DEFAULT_SENTINEL_PORT)
 
 
 def _service_and_db(path: str) -> tuple[str, int]:
@@ -126,22 +113,6 @@ def _service_and_db(path: str) -> tuple[str, int]:
     if len(parts) == 2 and not parts[1].isdigit():
         raise SentinelUrlError(f"the DB must be a number, not {parts[1]!r}")
     return parts[0], int(parts[1]) if len(parts) == 2 else 0
-
-
-def _node_options(tls: bool, userinfo: str, db: int, query: dict[str, str]) -> dict[str, Any]:
-    """redis-py's own reading of the credentials and settings, as for a plain URL."""
-    at = f"{userinfo}@" if userinfo else ""
-    options = parse_url(f"{'rediss' if tls else 'redis'}://{at}127.0.0.1/{db}?{urlencode(query)}")
-    for key in ("host", "port", "connection_class"):
-        options.pop(key, None)
-    if tls:
-        options["ssl"] = True
-    return options
-
-
-def _normal(address: Any) -> Address:
-    host, port = address
-    return str(host), int(port)
 
 
 class PrimaryWatch(Component):
@@ -210,7 +181,7 @@ class PrimaryWatch(Component):
         if at is None:
             return  # the listener is (re)connecting, and asks the sentinels itself
         try:
-            primary = _normal(self._manager.discover_master(self.group.service))
+            primary = normal_address(self._manager.discover_master(self.group.service))
             role = self._role_of(at)
         except (redis.RedisError, OSError) as exc:
             if not self._complained:

@@ -38,21 +38,18 @@ from expiryd.liveness import Loops
 from expiryd.logs import describe_error, get_logger
 from expiryd.outcomes import Outcome
 from expiryd.redact import redact_url, scrub
+from expiryd.redis.cluster_watch import ClusterWatch
 from expiryd.redis.connections import (
     CONNECTION_ERRORS,
     RedisTarget,
     ensure_notifications,
     warn_eviction,
 )
-from expiryd.redis.dispatch import Dispatcher
 from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.keyspace import Keyspace
-from expiryd.redis.ledger import Ledger
-from expiryd.redis.listener import Listener
-from expiryd.redis.markers import Markers
-from expiryd.redis.queue import JobQueue
 from expiryd.redis.sentinel import PrimaryWatch
-from expiryd.redis.sweeper import Sweeper
+from expiryd.redis.shard import Shard, Wiring
+from expiryd.redis.shards import Shards
 from expiryd.service import reload
 from expiryd.service.launcher import Launcher
 from expiryd.service.metrics import Metrics, metrics_address_free
@@ -80,7 +77,23 @@ class Daemon:
         self.loops = Loops(self.notifier.watchdog_seconds or defaults.STALL_SECONDS)
         self.launcher = Launcher(loops=self.loops)
         self.tally = Tally()
-        self.jobs = JobQueue(self.redis, keyspace)
+        wiring = Wiring(
+            settings=config.redis,
+            keys=self.keys,
+            loops=self.loops,
+            report_unqueued=functools.partial(report_unqueued, self.tally),
+            wake_workers=self._wake_workers,
+            on_subscribed=self._subscribed,
+            configure_redis=configure_redis,
+        )
+        self.shards = Shards(
+            target=self.target,
+            client=self.redis,
+            prefix=config.redis.prefix,
+            wiring=wiring,
+            listen=listen,
+        )
+        self.shards.start = self.launcher.start
         handlers = build_handlers(config, self.engine, self.redis)
         self.code = reload.CodeWatch()
         self.code.note(config)
@@ -89,42 +102,25 @@ class Daemon:
         """The workers taking jobs now; those a reload retired finish on their own."""
         self._old_engines: list[Engine] = []
         """Engines a reload replaced: batches begun before it may still use them."""
-        ledger = Ledger(
-            self.redis, keyspace, config.redis.capture_values, config.redis.max_value_bytes
-        )
-        markers = Markers()
-        self.dispatcher = Dispatcher(
-            ledger=ledger,
-            markers=markers,
-            keys=self.keys,
-            report_unqueued=functools.partial(report_unqueued, self.tally),
-            wake_workers=self._wake_workers,
-            beat=self.loops.beat_for("dispatcher"),
-        )
-        self.listener = Listener(
-            target=self.target,
-            keyspace=keyspace,
-            hear=self.dispatcher.hear,
-            on_subscribed=self._subscribed,
-            configure_redis=configure_redis,
-            beat=self.loops.beat_for("listener"),
-        )
+        listener = self.shards.all[0].listener
         self.primary_watch = (
             PrimaryWatch(
                 group=self.target.group,
-                listening_on=lambda: self.listener.address,
+                listening_on=lambda: listener.address,
                 moved=self._primary_moved,
                 beat=self.loops.beat_for("primary_watch"),
             )
-            if self.target.group is not None
+            if self.target.group is not None and listener is not None
             else None
         )
-        self.sweeper = Sweeper(
-            ledger=ledger,
-            markers=markers,
-            subscribed=self.listener.subscribed,
-            keys=self.keys,
-            beat=self.loops.beat_for("sweeper"),
+        self.cluster_watch = (
+            ClusterWatch(
+                seeds=self.target.cluster,
+                changed=self.shards.follow,
+                beat=self.loops.beat_for("cluster_watch"),
+            )
+            if self.target.cluster is not None
+            else None
         )
         self.metrics = Metrics([r.name for r in config.routes]) if config.metrics.listen else None
         if self.metrics is not None:
@@ -136,7 +132,7 @@ class Daemon:
             self.notifier,
             self.tally,
             self.loops,
-            self.listener.subscribed if listen else None,
+            self.shards.subscribed if listen else None,
             self.metrics,
         )
         self.pulse = Pulse(
@@ -174,6 +170,8 @@ class Daemon:
             if self.listen:
                 for component in self._listening():
                     self.launcher.start(component)
+            if self.cluster_watch is not None:  # it starts the components of new shards
+                self.launcher.start(self.cluster_watch)
             self.launcher.serve(reload=self._consider_reload)
             return self._stop()
         finally:
@@ -192,9 +190,11 @@ class Daemon:
         )
         deadline = time.monotonic() + grace
         self.launcher.quiet()
-        # In this order, so that the dispatcher applies all that the listener heard.
-        for component in reversed(self._listening()):
-            component.stop(deadline)
+        if self.primary_watch is not None:
+            self.primary_watch.stop(deadline)
+        if self.cluster_watch is not None:
+            self.cluster_watch.stop(deadline)
+        self.shards.stop(deadline)
         self.launcher.stop(deadline)
         unfinished = self._in_hand()
         # The pulse's last word (the daemon gone) may take a moment more.
@@ -205,7 +205,7 @@ class Daemon:
         self._log.info(
             "expiryd.stopped",
             unfinished=unfinished,
-            unapplied_events=self.dispatcher.unapplied,
+            unapplied_events=self.shards.unapplied,
             **{o.value: counts[o] for o in Outcome},
         )
         return EXIT_THREAD_DIED if self.launcher.died else 0
@@ -213,12 +213,14 @@ class Daemon:
     def _listening(self) -> list[Component]:
         """What `run` starts besides the workers, in the order to start them."""
         watch = [self.primary_watch] if self.primary_watch is not None else []
-        return [self.dispatcher, self.sweeper, self.listener, *watch]
+        return [*self.shards.components(), *watch]
 
     def _primary_moved(self, why: str) -> None:
         """A Sentinel group's primary moved: the listener subscribes again where it is now,
         and connections still on the old one are closed once they are handed back."""
-        self.listener.follow(why)
+        for shard in self.shards.all:
+            if shard.listener is not None:
+                shard.listener.follow(why)
         for client in (self.redis, self.reporter.client):
             pool = client.connection_pool
             if isinstance(pool, SentinelConnectionPool):
@@ -228,7 +230,7 @@ class Daemon:
         """Before any worker touches the queue: move in the jobs an earlier expiryd queued."""
         while not self.launcher.asked_to_stop():
             try:
-                moved = self.jobs.upgrade()
+                moved = sum(queue.upgrade() for queue in self.shards.queues())
             except (redis.RedisError, *CONNECTION_ERRORS) as exc:
                 error = describe_error(exc)
                 self._backoff.wait_after(self.launcher, self._log, "queue.unavailable", error)
@@ -306,7 +308,7 @@ class Daemon:
         """Subscribed, and the ledger brought up to date once (a `work` daemon: at once)."""
         if not self.listen:
             return True
-        return self.listener.subscribed.is_set() and self.sweeper.synced.is_set()
+        return self.shards.ready()
 
     def _in_hand(self) -> int:
         """Expiries the workers hold, those a reload retired included."""
@@ -320,7 +322,7 @@ class Daemon:
         self._numbered += 1
         name = f"worker-{self._numbered}"
         return Worker(
-            queue=self.jobs,
+            queues=self.shards.queues,
             routes=config.routes,
             handlers=handlers,
             settings=config.worker,
@@ -366,9 +368,10 @@ class Daemon:
             raise
         self._log.info("metrics.serving", url=f"http://{listen[0]}:{listen[1]}/metrics")
 
-    def _subscribed(self) -> None:
-        self.sweeper.request_resync()
-        if self.metrics is not None and self.listener.subscriptions > 1:
+    def _subscribed(self, shard: Shard) -> None:
+        assert shard.sweeper is not None and shard.listener is not None
+        shard.sweeper.request_resync()
+        if self.metrics is not None and shard.listener.subscriptions > 1:
             self.metrics.reconnects.inc()
 
     def _check_redis(self) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import random
 import socket
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -34,8 +34,8 @@ class Reporter:
     notifier: Notifier
     tally: Tally
     loops: Loops
-    subscribed: threading.Event | None
-    """The listener's; None for a daemon that only works."""
+    subscribed: Callable[[], bool] | None
+    """Whether every listener is subscribed; None for a daemon that only works."""
     metrics: Metrics | None
 
     def __post_init__(self) -> None:
@@ -71,7 +71,7 @@ class Reporter:
         """subscribed or not; the queue; what was handled and when last."""
         heard = "workers only"
         if self.subscribed is not None:
-            heard = "subscribed" if self.subscribed.is_set() else "NOT subscribed"
+            heard = "subscribed" if self.subscribed() else "NOT subscribed"
         jobs = "Redis unreachable"
         if figures is not None:
             jobs = ", ".join(f"{n:,} {state}" for state, n in figures.jobs.items())
@@ -95,7 +95,7 @@ class Reporter:
             started_at=self.started_at,
             beat_at=now,
             alive_until=now if stopping else now + defaults.HEARTBEAT_LIFE_SECONDS,
-            subscribed=bool(self.subscribed and self.subscribed.is_set()) and not stopping,
+            subscribed=bool(self.subscribed and self.subscribed()) and not stopping,
             handled=handled,
             last_handled=self.tally.last_handled,
             last_problem=last_problem(),
@@ -113,5 +113,5 @@ class Reporter:
         """Gauges read at each scrape, from what the daemon knows without asking Redis."""
         subscribed = self.subscribed
         metrics.up.set_function(lambda: 0 if self.loops.overdue() else 1)
-        metrics.subscribed.set_function(lambda: int(bool(subscribed and subscribed.is_set())))
+        metrics.subscribed.set_function(lambda: int(bool(subscribed and subscribed())))
         metrics.last_handled.set_function(lambda: self.tally.last_handled or 0)

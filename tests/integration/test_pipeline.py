@@ -44,8 +44,9 @@ def pipeline(client: redis.Redis, database_url: str) -> Iterator[tuple[Dispatche
     loaded = config.parse(tomllib.loads(ROUTE), "t.toml", {"EXPIRYD_DATABASE_URL": database_url})
     engine = make_engine(loaded.database)
     tally = Tally()
+    queue = JobQueue(client, KEYSPACE)
     worker = Worker(
-        queue=JobQueue(client, KEYSPACE),
+        queues=lambda: [queue],
         routes=loaded.routes,
         handlers=build_handlers(loaded, engine, client),
         settings=loaded.worker,

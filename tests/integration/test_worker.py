@@ -58,7 +58,7 @@ def test_each_group_of_a_batch_measures_its_lateness_when_it_starts(
         handlers = build_handlers(loaded, engine, client)
         queue = JobQueue(client, KEYSPACE)
         worker = Worker(
-            queue=queue,
+            queues=lambda: [queue],
             routes=loaded.routes,
             handlers=handlers,
             settings=loaded.worker,

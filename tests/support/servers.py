@@ -121,7 +121,7 @@ class RedisServer:
         wait_until(self._answers, 10, "redis-server")
 
     def _answers(self) -> bool:
-        with self.client() as client:
+        with self.client(0) as client:
             return bool(client.ping())
 
     def stop(self) -> None:

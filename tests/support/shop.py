@@ -40,11 +40,10 @@ def create_orders(
     elif create:
         create_sample_table(engine, settings)
     table = Table(settings.table, MetaData(), autoload_with=engine)
+    rows = [{settings.key_column: n, settings.status_column: s} for n, s in orders.items()]
     with engine.begin() as connection:
-        for number, status in orders.items():
-            connection.execute(
-                table.insert().values({settings.key_column: number, settings.status_column: status})
-            )
+        if rows:
+            connection.execute(table.insert(), rows)
     engine.dispose()
 
 

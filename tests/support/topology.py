@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -152,6 +154,143 @@ class SentinelSetup:
         """Until the node at `address` replicates from the new primary."""
         server = self.server_at(address)
         wait_until(lambda: self._replicating(server), timeout, "the old primary's demotion")
+
+
+class ClusterSetup:
+    """A Redis Cluster of `primaries` primaries, each with one replica; `url` is expiryd's
+    URL for it. `node_timeout_ms`: how long a silent node may be before the others fail
+    it over; generous, since the tests fail over on purpose."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        primaries: int = 3,
+        notify_flags: str = "Egx",
+        node_timeout_ms: int = 15_000,
+    ) -> None:
+        self.workdir = workdir
+        self.notify_flags = notify_flags
+        self.node_timeout_ms = node_timeout_ms
+        self.nodes = [self._node(n) for n in range(primaries * 2)]
+        self.replicas_per_primary = 1
+
+    def _node(self, n: int) -> RedisServer:
+        node = RedisServer(
+            self.workdir / f"node-{n}",
+            self.notify_flags,
+            extra_args=(
+                *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                *("--cluster-node-timeout", str(self.node_timeout_ms)),
+            ),
+        )
+        node.port = _cluster_port()
+        return node
+
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes[:3])
+        return f"redis+cluster://{hosts}"
+
+    def start(self, detached: bool = False) -> None:
+        for node in self.nodes:
+            node.detached = detached
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [
+                *(require("redis-cli"), "--cluster", "create", *addresses),
+                *("--cluster-replicas", str(self.replicas_per_primary), "--cluster-yes"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_until(self._settled, 60, "the cluster")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def _settled(self) -> bool:
+        """Every node says the cluster is ok and knows every other node."""
+        for node in self.nodes:
+            info = node.client(0).execute_command("CLUSTER", "INFO").decode()
+            fields = dict(line.split(":", 1) for line in info.split() if ":" in line)
+            if fields["cluster_state"] != "ok" or int(fields["cluster_known_nodes"]) != len(
+                self.nodes
+            ):
+                return False
+        return True
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5)
+
+    def node_at(self, port: int) -> RedisServer:
+        return next(node for node in self.nodes if node.port == port)
+
+    def primaries(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.client(0).execute_command("ROLE")[0] == b"master"]
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        for node in self.nodes:
+            role = node.client(0).execute_command("ROLE")
+            if role[0] == b"slave" and int(role[2]) == primary.port:
+                return node
+        raise LookupError(f"no replica of {primary.port}")
+
+    def failover(self, primary: RedisServer, timeout: float = 30) -> RedisServer:
+        """`CLUSTER FAILOVER` on `primary`'s replica; the replica, once it is primary and
+        `primary` replicates from it."""
+        replica = self.replica_of(primary)
+        replica.client(0).execute_command("CLUSTER", "FAILOVER")
+
+        def switched() -> bool:
+            role = primary.client(0).execute_command("ROLE")
+            return bool(role[0] == b"slave" and int(role[2]) == replica.port)
+
+        wait_until(switched, timeout, "the cluster failover")
+        wait_until(self._settled, timeout, "the cluster")
+        return replica
+
+    def add_primary(self) -> RedisServer:
+        """A new, empty primary joined to the cluster (no slots yet)."""
+        node = self._node(len(self.nodes))
+        node.start()
+        self.nodes.append(node)
+        self._cli("--cluster", "add-node", f"127.0.0.1:{node.port}", self._entry())
+        wait_until(self._settled, 60, "the cluster with the new node")
+        return node
+
+    def move_slots(self, to: RedisServer, count: int) -> None:
+        """`redis-cli --cluster reshard`: `count` slots from the other primaries to `to`."""
+        node_id = to.client(0).execute_command("CLUSTER", "MYID").decode()
+        self._cli(
+            *("--cluster", "reshard", self._entry(), "--cluster-from", "all"),
+            *("--cluster-to", node_id, "--cluster-slots", str(count), "--cluster-yes"),
+        )
+
+    def _entry(self) -> str:
+        return f"127.0.0.1:{self.nodes[0].port}"
+
+    def _cli(self, *args: str) -> None:
+        subprocess.run([require("redis-cli"), *args], check=True, capture_output=True, timeout=120)
+
+
+def _cluster_port() -> int:
+    """A free port with its cluster bus port (10,000 higher) free too."""
+    for _ in range(100):
+        port = random.randrange(20_000, 50_000)
+        if _free(port) and _free(port + 10_000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _up(workdir: Path) -> None:

@@ -3,8 +3,6 @@ what a daemon puts in its heartbeat about its loops."""
 
 from __future__ import annotations
 
-import threading
-
 import orjson
 import redis
 
@@ -115,7 +113,7 @@ def test_the_heartbeat_names_the_loops_overdue_when_it_is_written() -> None:
         Notifier(None, None),
         Tally(),
         loops,
-        threading.Event(),
+        lambda: False,
         None,
     )
     assert reporter.heartbeat(stopping=False).stalled == {}

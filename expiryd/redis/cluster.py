@@ -1,0 +1,169 @@
+"""A Redis Cluster: its seed nodes, its primaries, and where each shard keeps its state.
+
+A `redis+cluster://` URL names seed nodes; `ClusterSeeds` is what it says. `Topology` is
+the cluster as `CLUSTER SHARDS` describes it at one moment: its primaries, their slots
+and replicas.
+
+Each primary is a shard (see `shard`): expiryd keeps that shard's ledger and queue under
+a hash tag whose slot the primary owns, so that one script can read a watched key and
+write its deadline and its job on the same node. The tag is the one of the primary's
+highest slot: resharding tools (`redis-cli --cluster reshard`) move a node's lowest slots
+first, so that slot, and the state in it, stays put as long as the primary keeps any.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import redis
+from redis.cluster import ClusterNode
+from redis.crc import key_slot
+
+from expiryd.redis.nodes import Address, NodeUrlError, address_of, node_options
+
+SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
+"""URL scheme -> whether the nodes are reached over TLS."""
+
+SLOTS = 16384
+DEFAULT_PORT = 6379
+
+
+class ClusterUrlError(NodeUrlError):
+    """A `redis+cluster://` URL that does not parse; the message never quotes a secret."""
+
+
+@dataclass(frozen=True)
+class ClusterSeeds:
+    seeds: tuple[Address, ...]
+    node_options: dict[str, Any] = field(repr=False, compare=False)
+    """How to reach any node (credentials, TLS), from the URL."""
+
+    @classmethod
+    def from_url(cls, url: str) -> ClusterSeeds:
+        scheme, _, rest = url.partition("://")
+        if scheme not in SCHEMES:
+            raise ClusterUrlError(f"scheme must be one of {', '.join(SCHEMES)}")
+        parts = urlsplit(f"x://{rest}")
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        seeds = tuple(address_of(part, DEFAULT_PORT) for part in hosts.split(",") if part)
+        if not seeds:
+            raise ClusterUrlError("name at least one node as host:port")
+        if parts.path.strip("/") not in ("", "0"):
+            raise ClusterUrlError("a cluster has only DB 0: leave the path out")
+        query = dict(parse_qsl(parts.query))
+        return cls(seeds, node_options(SCHEMES[scheme], userinfo, 0, query))
+
+    def client(self, **settings: Any) -> redis.RedisCluster:
+        """A client of the whole cluster: each command goes to the node of its key."""
+        options = {k: v for k, v in (settings | self.node_options).items() if k != "db"}
+        return redis.RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in self.seeds], **options
+        )
+
+    def node_client(self, address: Address, **settings: Any) -> redis.Redis:
+        host, port = address
+        return redis.Redis(host=host, port=port, **(settings | self.node_options))
+
+    def topology(self, also: tuple[Address, ...] = (), **settings: Any) -> Topology:
+        """The cluster as the first seed, or else node of `also`, that answers describes
+        it."""
+        errors = []
+        for address in dict.fromkeys((*self.seeds, *also)):
+            client = self.node_client(address, **settings)
+            try:
+                return Topology.parse(client.execute_command("CLUSTER", "SHARDS"))
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                errors.append(f"{address[0]}:{address[1]}: {exc}")
+            finally:
+                client.close()
+        raise redis.ConnectionError("no cluster node answers: " + "; ".join(errors))
+
+
+@dataclass(frozen=True)
+class Primary:
+    node_id: str
+    address: Address
+    slots: tuple[tuple[int, int], ...]
+    """Inclusive ranges."""
+    replicas: tuple[Address, ...]
+
+    @property
+    def top_slot(self) -> int:
+        return max(end for _, end in self.slots)
+
+    @property
+    def tag(self) -> str:
+        """The hash tag of this primary's shard state (see the module's docstring)."""
+        return tag_for_slot(self.top_slot)
+
+    def owns(self, slot: int) -> bool:
+        return any(start <= slot <= end for start, end in self.slots)
+
+
+@dataclass(frozen=True)
+class Topology:
+    primaries: tuple[Primary, ...]
+
+    @classmethod
+    def parse(cls, shards: list[dict[bytes, Any]]) -> Topology:
+        primaries = []
+        for shard in shards:
+            ranges = shard[b"slots"]
+            slots = tuple((int(ranges[i]), int(ranges[i + 1])) for i in range(0, len(ranges), 2))
+            nodes = shard[b"nodes"]
+            main = [n for n in nodes if n[b"role"] == b"master" and n[b"health"] == b"online"]
+            if not slots or not main:
+                continue  # a primary without slots watches nothing; a failed one, nobody
+            replicas = tuple(_address(n) for n in nodes if n[b"role"] != b"master")
+            primaries.append(Primary(main[0][b"id"].decode(), _address(main[0]), slots, replicas))
+        return cls(tuple(sorted(primaries, key=lambda p: p.top_slot)))
+
+    def owner(self, slot: int) -> Primary | None:
+        return next((p for p in self.primaries if p.owns(slot)), None)
+
+    @property
+    def nodes(self) -> tuple[Address, ...]:
+        return tuple(a for p in self.primaries for a in (p.address, *p.replicas))
+
+
+def _address(node: dict[bytes, Any]) -> Address:
+    host = node.get(b"ip") or node.get(b"endpoint") or b"127.0.0.1"
+    port = node.get(b"port") or node.get(b"tls-port") or 0
+    return host.decode() if isinstance(host, bytes) else str(host), int(port)
+
+
+@cache
+def tag_for_slot(slot: int) -> str:
+    """A short hash tag whose keys hash to `slot`, the same one each time."""
+    n = 0
+    while key_slot(f"{{{slot}.{n}}}".encode()) != slot:
+        n += 1
+    return f"{slot}.{n}"
+
+
+@dataclass(frozen=True)
+class Reshape:
+    """How a daemon's shards must change to match a cluster's topology."""
+
+    start: tuple[Primary, ...] = ()
+    """Primaries with no shard yet: added, or whose top slot (so tag) changed."""
+    move: tuple[Primary, ...] = ()
+    """Shards whose tag is now another node's: the replica promoted by a failover."""
+    retire: tuple[str, ...] = ()
+    """Tags no primary keeps its shard under any more."""
+
+    def __bool__(self) -> bool:
+        return bool(self.start or self.move or self.retire)
+
+
+def reshape(shards: dict[str, Address], topology: Topology) -> Reshape:
+    """What changes `shards` (tag -> the node its listener is on) to one per primary."""
+    wanted = {primary.tag: primary for primary in topology.primaries}
+    return Reshape(
+        start=tuple(p for tag, p in wanted.items() if tag not in shards),
+        move=tuple(p for tag, p in wanted.items() if tag in shards and shards[tag] != p.address),
+        retire=tuple(tag for tag in shards if tag not in wanted),
+    )
