@@ -70,15 +70,12 @@ class Dispatcher(Component):
         report_unqueued: Callable[[bytes, str], None],
         wake_workers: Callable[[], None],
         beat: Beat = no_beat,
-        heard_from_primary: Callable[[], bool] | None = None,
+        vet: Callable[[list[Step]], list[Step]] | None = None,
     ) -> None:
         super().__init__(name="dispatcher", beat=beat)
-        self.heard_from_primary = heard_from_primary
-        """In a cluster: whether the node the events come from is still a primary. A
-        primary demoted by `CLUSTER FAILOVER` keeps its subscribers, and copies its new
-        primary's expiries as `del` events: forgetting on those would lose the expiries.
-        So a window's forgets are dropped once it is a replica; a real DEL among them is
-        found by the rescan when the listener subscribes on the new primary."""
+        self.vet = vet
+        """In a cluster: the steps of a window that the ledger may apply (see
+        `cluster_events`)."""
         self.ledger = ledger
         self.markers = markers
         self.keys = keys
@@ -89,7 +86,6 @@ class Dispatcher(Component):
         self.pending: deque[Event] = deque()
         self._window: _Window | None = None
         self._fresh: dict[bytes, int] = {}
-        self._on_replica = False
         self._deadline = 0.0
         self._backoff = Backoff.reconnecting(beat)
         self._log = get_logger()
@@ -175,7 +171,7 @@ class Dispatcher(Component):
             window = self._window or self._build()
             self._window = window
             if not window.applied:
-                steps = self._trusted(window.steps)
+                steps = self.vet(window.steps) if self.vet else window.steps
                 if steps:
                     self._after(steps, self.ledger.apply(steps))
                 window.applied = True
@@ -213,18 +209,6 @@ class Dispatcher(Component):
             window.steps.append(Step(op, event.data, fresh_ms=self._fresh.get(event.data)))
         else:
             window.steps.append(Step(op, event.data))
-
-    def _trusted(self, steps: list[Step]) -> list[Step]:
-        if self.heard_from_primary is None or all(s.op is not Op.FORGET for s in steps):
-            return steps
-        if self.heard_from_primary():
-            self._on_replica = False
-            return steps
-        kept = [step for step in steps if step.op is not Op.FORGET]
-        if not self._on_replica:  # once: until the cluster watch moves this shard
-            self._on_replica = True
-            self._log.warning("events.from_replica", forgets_dropped=len(steps) - len(kept))
-        return kept
 
     def _after(self, steps: list[Step], applied: Applied) -> None:
         if len(self._fresh) > FRESH_KEYS_LIMIT:

@@ -84,6 +84,11 @@ class Keyspace:
         return f"{self.prefix}daemons"
 
     @property
+    def shard_tags(self) -> str:
+        """SET, in a cluster: the hash tag of every shard with state in it (see `shards`)."""
+        return f"{self.prefix}shards"
+
+    @property
     def sweep_channel(self) -> str:
         """Pub/sub channel of the sweep markers (see `ledger`)."""
         return f"{self.prefix}sweep@{self.db}"

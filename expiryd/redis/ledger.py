@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -91,10 +91,14 @@ class Ledger:
         max_value_bytes: int = defaults.MAX_VALUE_BYTES,
         claims_kept_seconds: int = defaults.CLAIMS_KEPT_SECONDS,
         scanned: redis.Redis | None = None,
+        elsewhere: Callable[[bytes], Keyspace | None] | None = None,
     ) -> None:
-        """`scanned`: the node whose keys `scan` reads, when `client` is a cluster's."""
+        """In a cluster: `scanned`, the node whose keys `scan` reads (`client` is the
+        cluster's); `elsewhere`, the ledger of the shard that serves a key now, to hand
+        over the entries of keys that resharding moved away (see `lua/here.lua`)."""
         self.client = client
         self.scanned = scanned or client
+        self.elsewhere = elsewhere
         self.keyspace = keyspace
         self.capture_values = capture_values
         self.max_value_bytes = max_value_bytes
@@ -103,10 +107,10 @@ class Ledger:
         self._keys = [
             ks.deadlines, ks.gone, ks.gone_deadlines, ks.values, ks.claimed, ks.ready, ks.jobs
         ]  # fmt: skip
-        self._apply = lua.register(client, "ledger_apply", *lua.ENQUEUE)
+        self._apply = lua.register(client, "ledger_apply", *lua.ENQUEUE, "here")
         self._reconcile = lua.register(client, "ledger_reconcile", *lua.ENQUEUE)
-        self._sweep = lua.register(client, "ledger_sweep", "clock")
-        self._forget_deleted = lua.register(client, "ledger_forget_deleted", "clock")
+        self._sweep = lua.register(client, "ledger_sweep", "clock", "here")
+        self._forget_deleted = lua.register(client, "ledger_forget_deleted", "clock", "here")
 
     def apply(self, steps: Sequence[Step]) -> Applied:
         """Apply the steps in order, in one round trip."""
@@ -137,10 +141,11 @@ class Ledger:
     def sweep(self, marker_prefix: str, limit: int = defaults.SWEEP_LIMIT) -> SweepResult:
         """Look at every key whose deadline has passed (which makes Redis expire it now)."""
         ks = self.keyspace
-        due, gone, marker = self._sweep(
+        due, gone, marker, elsewhere = self._sweep(
             keys=[ks.deadlines, ks.gone, ks.gone_deadlines, ks.values],
             args=[limit, ks.sweep_channel, marker_prefix],
         )
+        self.hand_over_keys(elsewhere)
         return SweepResult(int(due), int(gone), int(marker) or None)
 
     def forget_deleted(self, beat: Beat = no_beat, limit: int = defaults.SWEEP_LIMIT) -> int:
@@ -150,13 +155,74 @@ class Ledger:
         ks, after, forgotten = self.keyspace, 0, 0
         while True:
             beat()
-            looked_at, dropped, last = self._forget_deleted(
+            looked_at, dropped, last, elsewhere = self._forget_deleted(
                 keys=[ks.deadlines, ks.gone, ks.gone_deadlines, ks.values], args=[after, limit]
             )
+            self.hand_over_keys(elsewhere)
             forgotten += int(dropped)
             if int(looked_at) < limit:
                 return forgotten
             after = int(last)
+
+    def hand_over_keys(self, keys: Sequence[bytes]) -> int:
+        """Hand these keys' deadlines over to the shards `elsewhere` names (see `__init__`);
+        the number moved."""
+        if not keys or self.elsewhere is None:
+            return 0
+        ks = self.keyspace
+        scores = self.client.zmscore(ks.deadlines, list(keys))  # type: ignore[arg-type]
+        entries = [(k, s) for k, s in zip(keys, scores, strict=True) if s is not None]
+        return len(self._hand_over(entries, self.elsewhere, gone=False))
+
+    def hand_over(self, to: Callable[[bytes], Keyspace | None], page: int = 1000) -> int:
+        """Move every deadline, and every incarnation found gone, to the ledger `to` names
+        for its key (in a cluster: the shard of the primary that serves its slot now),
+        taking each out of this ledger; the number moved. For a shard that stopped
+        listening. An entry with nowhere else to go stays."""
+        ks, moved = self.keyspace, 0
+        for name, gone in ((ks.deadlines, False), (ks.gone, True)):
+            start = 0
+            while True:
+                entries: list[tuple[bytes, float]] = self.client.zrange(  # type: ignore[assignment]
+                    name, start, start + page - 1, withscores=True
+                )
+                if not entries:
+                    break
+                handed = len(self._hand_over(entries, to, gone))
+                moved += handed
+                start += len(entries) - handed  # those that stayed
+        # Entry by entry, not the whole keys: another daemon that has not seen the change
+        # yet may still record here, and hands those over when it does.
+        self.client.delete(ks.claimed)
+        return moved
+
+    def _hand_over(
+        self, entries: list[tuple[bytes, float]], to: Callable[[bytes], Keyspace | None], gone: bool
+    ) -> list[bytes]:
+        """Copy the entries to their new ledgers, then take them out of this one; the keys
+        handed over (not those `to` has no other ledger for)."""
+        ks = self.keyspace
+        kept = ks.gone_deadlines if gone else ks.values
+        found: list[bytes | None] = self.client.hmget(kept, [key for key, _ in entries])  # type: ignore[assignment]
+        handed = []
+        with self.client.pipeline(transaction=False) as pipe:
+            for (key, score), extra in zip(entries, found, strict=True):
+                other = to(key)
+                if other is None or other == ks or (gone and extra is None):
+                    continue
+                if not gone:
+                    pipe.zadd(other.deadlines, {key: score}, nx=True)
+                    if extra is not None:
+                        pipe.hsetnx(other.values, key, extra)
+                else:
+                    pipe.zadd(other.gone, {key: score}, nx=True)
+                    pipe.hsetnx(other.gone_deadlines, key, extra)  # type: ignore[arg-type]
+                handed.append(key)
+            pipe.execute()
+        if handed:
+            self.client.zrem(ks.gone if gone else ks.deadlines, *handed)
+            self.client.hdel(kept, *handed)
+        return handed
 
     def scan(self, keys: KeyFilter, beat: Beat = no_beat, count: int = defaults.SCAN_COUNT) -> int:
         """Record every key of the watched DB that has a TTL and that `keys` watches; the

@@ -18,6 +18,7 @@ import redis
 from expiryd.component import Component
 from expiryd.config import RedisSettings
 from expiryd.liveness import Loops
+from expiryd.redis.cluster_events import ClusterEvents
 from expiryd.redis.connections import RedisTarget
 from expiryd.redis.dispatch import Dispatcher
 from expiryd.redis.keyfilter import KeyFilter
@@ -41,6 +42,8 @@ class Wiring:
     wake_workers: Callable[[], None]
     on_subscribed: Callable[[Shard], None]
     configure_redis: bool = False
+    elsewhere: Callable[[bytes], Keyspace | None] | None = None
+    """In a cluster: the keyspace of the shard that serves a key now (see `Ledger`)."""
 
 
 class Shard:
@@ -82,6 +85,7 @@ class Shard:
             settings.capture_values,
             settings.max_value_bytes,
             scanned=scanned,
+            elsewhere=wiring.elsewhere,
         )
         markers = Markers()
         self.dispatcher = Dispatcher(
@@ -91,7 +95,7 @@ class Shard:
             report_unqueued=wiring.report_unqueued,
             wake_workers=wiring.wake_workers,
             beat=loops.beat_for(f"dispatcher{suffix}"),
-            heard_from_primary=(lambda: is_primary(scanned)) if scanned is not None else None,
+            vet=ClusterEvents(scanned, ledger).vet if scanned is not None else None,
         )
         self.listener = Listener(
             target=target,
@@ -133,11 +137,3 @@ class Shard:
     @property
     def unapplied(self) -> int:
         return self.dispatcher.unapplied if self.dispatcher is not None else 0
-
-
-def is_primary(node: redis.Redis) -> bool:
-    """Whether `node` says it is a primary; False when it cannot say (it is down)."""
-    try:
-        return bool(node.execute_command("ROLE")[0] == b"master")
-    except (redis.RedisError, OSError):
-        return False

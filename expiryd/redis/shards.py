@@ -6,8 +6,13 @@ The cluster watch hands every topology it reads to `follow`:
 - a shard whose tag's slot is now another node's (a failover promoted its replica) is
   rebuilt on that node: its listener leaves the old one, which hears only a replica's
   copies from then on, and the new listener rescans the same ledger;
-- a shard whose tag no primary keeps any more (its slot moved away) stops listening; its
+- a shard whose tag no primary keeps any more (its primary's highest slot changed)
+  stops listening and hands its ledger over to the shards of its keys' primaries; its
   queue is drained by the workers until empty, and its primary starts a new shard.
+
+Every tag with state under it is in a set in the cluster (`Keyspace.shard_tags`) until
+its queue is empty, so that a daemon started later drains what an earlier one left
+under a tag that is no longer any primary's.
 """
 
 from __future__ import annotations
@@ -16,17 +21,20 @@ import time
 from collections.abc import Callable
 
 import redis
+from redis.crc import key_slot
 
 from expiryd.component import Component
 from expiryd.logs import get_logger
 from expiryd.redis.cluster import Primary, Topology, reshape
 from expiryd.redis.connections import CONNECTION_ERRORS, RedisTarget
 from expiryd.redis.keyspace import Keyspace
+from expiryd.redis.ledger import Ledger
 from expiryd.redis.queue import JobQueue
 from expiryd.redis.shard import Shard, Wiring
 
 LEAVE_SECONDS = 5.0
 """How long a shard that leaves may take to apply what it heard."""
+TOPOLOGY_SECONDS = 0.2
 
 
 class Shards:
@@ -46,15 +54,29 @@ class Shards:
         self.listen = listen
         self.start: Callable[[Component], None] = lambda component: component.start()
         """Starts a component of a shard added while running (the launcher's `start`)."""
-        self.all = self._build()
-        self._draining: list[Shard] = []
         self._log = get_logger()
+        self._draining: list[JobQueue] = []
+        self._registry = Keyspace(prefix, target.db).shard_tags
+        self._topology: tuple[float, Topology] | None = None
+        self._registered: set[str] = set()
+        if target.cluster is None:
+            self.all = [self._shard(target, Keyspace(prefix, target.db))]
+        else:
+            wiring.elsewhere = self.keyspace_of
+            topology = target.cluster.topology()
+            self.all = [self._on(primary) for primary in topology.primaries]
+            self._adopt_orphans(topology)
 
-    def _build(self) -> list[Shard]:
-        if self.target.cluster is None:
-            keyspace = Keyspace(self.prefix, self.target.db)
-            return [self._shard(self.target, keyspace)]
-        return [self._on(primary) for primary in self.target.cluster.topology().primaries]
+    def _adopt_orphans(self, topology: Topology) -> None:
+        """Tags with state under them that no primary's shard has now: left by an earlier
+        daemon, by another that saw an older topology, or handed deadlines while a new
+        primary's highest slot was still changing (see `keyspace_of`)."""
+        current = {shard.tag for shard in self.all}
+        self.client.sadd(self._registry, *current)
+        known = {t.decode() for t in self.client.smembers(self._registry)}  # type: ignore[union-attr]
+        wanted = {primary.tag for primary in topology.primaries}
+        for tag in known - current - wanted - {q.keyspace.tag for q in self._draining}:
+            self._retire(Keyspace.tagged(self.prefix, tag), topology)
 
     def _shard(self, target: RedisTarget, keyspace: Keyspace, **node: object) -> Shard:
         return Shard(
@@ -75,11 +97,27 @@ class Shards:
             scanned=self.target.node_client(primary.address),
         )
 
+    def keyspace_of(self, key: bytes) -> Keyspace | None:
+        """The keyspace of the shard of the primary serving `key` now, from a topology
+        at most `TOPOLOGY_SECONDS` old: asked when resharding moved a key."""
+        assert self.target.cluster is not None
+        now = time.monotonic()
+        if self._topology is None or now - self._topology[0] > TOPOLOGY_SECONDS:
+            self._topology = (now, self.target.cluster.topology())
+        owner = self._topology[1].owner(key_slot(key))
+        if owner is None:
+            return None
+        if owner.tag not in self._registered:
+            # Before its deadlines go there: a tag no shard has yet is found as an orphan.
+            self.client.sadd(self._registry, owner.tag)
+            self._registered.add(owner.tag)
+        return Keyspace.tagged(self.prefix, owner.tag)
+
     def components(self) -> list[Component]:
         return [c for shard in self.all for c in shard.components()]
 
     def queues(self) -> list[JobQueue]:
-        return [shard.queue for shard in (*self.all, *self._draining)]
+        return [*(shard.queue for shard in self.all), *self._draining]
 
     def ready(self) -> bool:
         return all(shard.ready() for shard in self.all)
@@ -97,7 +135,7 @@ class Shards:
 
     def follow(self, topology: Topology) -> None:
         """Reshape the shards to match `topology` (see the module's docstring)."""
-        self._drop_drained()
+        self._drop_drained(topology)
         plan = reshape({s.tag: s.node for s in self.all if s.node}, topology)
         if not plan:
             return
@@ -109,7 +147,10 @@ class Shards:
             shard.stop(deadline)
         arriving = [self._on(p) for p in (*plan.move, *plan.start)]
         self.all = [*(s for s in self.all if s not in gone), *arriving]
-        self._draining += [s for s in gone if s.tag in plan.retire]
+        self.client.sadd(self._registry, *(s.tag for s in arriving))
+        for shard in gone:
+            if shard.tag in plan.retire:
+                self._retire(shard.keyspace, topology)
         for shard in arriving:
             for component in shard.components():
                 self.start(component)
@@ -120,22 +161,55 @@ class Shards:
             retired=list(plan.retire),
         )
 
-    def _drop_drained(self) -> None:
-        for shard in list(self._draining):
+    def _retire(self, keyspace: Keyspace, topology: Topology) -> None:
+        """Hand the ledger under a tag no primary keeps over to the shards of its keys,
+        and drain its queue."""
+
+        moved = Ledger(self.client, keyspace).hand_over(self._keyspace_in(topology))
+        self._draining.append(JobQueue(self.client, keyspace))
+        self._log.info("cluster.shard_retired", tag=keyspace.tag, deadlines_moved=moved)
+
+    def _keyspace_in(self, topology: Topology) -> Callable[[bytes], Keyspace | None]:
+        def shard_of(key: bytes) -> Keyspace | None:
+            owner = topology.owner(key_slot(key))
+            return Keyspace.tagged(self.prefix, owner.tag) if owner else None
+
+        return shard_of
+
+    def _drop_drained(self, topology: Topology) -> None:
+        """Hand over again what reached a retired tag's ledger since (a daemon that had
+        not seen the change yet), and forget the tag once nothing is left in its ledger
+        or queue, dead letters included."""
+        wanted = {primary.tag for primary in topology.primaries}
+        for queue in list(self._draining):
+            if queue.keyspace.tag in wanted:  # a primary's highest slot again: live
+                self._draining.remove(queue)
+                continue
             try:
-                counts = shard.queue.counts()
+                if Ledger(self.client, queue.keyspace).hand_over(self._keyspace_in(topology)):
+                    continue
+                if any(queue.counts().values()):
+                    continue
+                self.client.srem(self._registry, queue.keyspace.tag)
             except (redis.RedisError, *CONNECTION_ERRORS):
                 continue
-            if counts["ready"] == counts["leased"] == 0:
-                self._draining.remove(shard)
+            self._draining.remove(queue)
+        try:
+            self._adopt_orphans(topology)
+        except (redis.RedisError, *CONNECTION_ERRORS):
+            pass
 
 
 def _named(primary: Primary) -> str:
     return f"{primary.tag}@{primary.address[0]}:{primary.address[1]}"
 
 
-def shard_keyspaces(target: RedisTarget, prefix: str) -> list[Keyspace]:
-    """Where each shard keeps its state: one keyspace, or in a cluster one per primary."""
+def shard_keyspaces(target: RedisTarget, client: redis.Redis, prefix: str) -> list[Keyspace]:
+    """Where shards keep their state: one keyspace; in a cluster, one per primary and one
+    per tag still draining."""
+    base = Keyspace(prefix, target.db)
     if target.cluster is None:
-        return [Keyspace(prefix, target.db)]
-    return [Keyspace.tagged(prefix, p.tag) for p in target.cluster.topology().primaries]
+        return [base]
+    tags = {p.tag for p in target.cluster.topology().primaries}
+    tags |= {t.decode() for t in client.smembers(base.shard_tags)}  # type: ignore[union-attr]
+    return [Keyspace.tagged(prefix, tag) for tag in sorted(tags)]

@@ -6,8 +6,9 @@
 --   'c', key, fresh_ms, id    claim: the key expired. fresh_ms (or '') is when this daemon
 --                             found a newer incarnation already over; id is a random id
 --                             for an expiry whose deadline nobody recorded.
--- Returns {now, oversize values, one reply per event}: record 1 (recorded), 0 (no TTL)
--- or -2 (already gone); forget 0; claim the job id, or 0 when it was claimed before.
+-- Returns {now, oversize values, one reply per event}: record 1 (recorded), 0 (no TTL),
+-- -2 (already gone) or -3 (served elsewhere now: its new node records it); forget 0;
+-- claim the job id, or 0 when it was claimed before.
 local deadlines, gone, gone_deadlines, values, claimed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local q = {ready = KEYS[6], jobs = KEYS[7]}
 local capture, max_value = ARGV[1] == '1', tonumber(ARGV[2])
@@ -40,7 +41,8 @@ local function record(key)
   over_when_recorded[key] = nil
   -- The deadline exactly as Redis keeps it: now + PTTL would drift with the time this
   -- script has run, giving one incarnation two deadlines.
-  local at = redis.call('PEXPIRETIME', key)
+  local at = expiretime_here(key)
+  if at == nil then return -3 end
   if at >= 0 then
     redis.call('ZADD', deadlines, at, key)
     if capture then

@@ -8,7 +8,8 @@
 -- Looks at the deadlines past both `after` and now, `limit` of them and every other one
 -- sharing the last one's ms, so that the next call can go on after that ms however the
 -- ledger changes meanwhile.
--- Returns {incarnations looked at, incarnations forgotten, the last deadline looked at}.
+-- Returns {incarnations looked at, incarnations forgotten, the last deadline looked at,
+-- the keys served elsewhere now (see `here`)}.
 local deadlines, gone, gone_deadlines, values = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local from = math.max(tonumber(ARGV[1]), now)
 local ahead = redis.call('ZRANGEBYSCORE', deadlines, '(' .. ms(from), '+inf', 'WITHSCORES',
@@ -26,7 +27,8 @@ end
 local forgotten = 0
 for i = 1, #ahead, 2 do
   local key = ahead[i]
-  if redis.call('PEXPIRETIME', key) < 0 then
+  local at = expiretime_here(key)
+  if at ~= nil and at < 0 then
     redis.call('ZREM', deadlines, key)
     redis.call('HDEL', values, key)
     redis.call('ZREM', gone, key)
@@ -34,4 +36,4 @@ for i = 1, #ahead, 2 do
     forgotten = forgotten + 1
   end
 end
-return {#ahead / 2, forgotten, ms(last)}
+return {#ahead / 2, forgotten, ms(last), elsewhere}

@@ -15,7 +15,11 @@ for _, key in ipairs(keys) do
   local deadline = tonumber(redis.call('HGET', gone_deadlines, key))
   redis.call('ZREM', gone, key)
   redis.call('HDEL', gone_deadlines, key)
-  if deadline and not redis.call('ZSCORE', deadlines, key) and redis.call('EXISTS', key) == 0 then
+  -- Found gone here, so it did not move with its slot: one served elsewhere since is a
+  -- new incarnation there, and this one is over.
+  local exists = redis.pcall('EXISTS', key)
+  if type(exists) == 'table' then exists = 0 end
+  if deadline and not redis.call('ZSCORE', deadlines, key) and exists == 0 then
     local value = redis.call('HGET', values, key)
     redis.call('HDEL', values, key)
     redis.call('ZADD', claimed, ms(now), key)

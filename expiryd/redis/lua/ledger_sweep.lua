@@ -3,7 +3,8 @@
 -- over (the key is gone, or lives on with a later deadline) moves to `gone`; a marker
 -- published after the events this caused tells the listener when to reconcile.
 -- KEYS: deadlines, gone, gone_deadlines, values   ARGV: limit, channel, marker prefix
--- Returns {keys looked at, keys moved to gone, the marker's time or 0 when none was sent}.
+-- Returns {keys looked at, keys moved to gone, the marker's time or 0 when none was sent,
+-- the keys served elsewhere now (see `here`)}.
 local deadlines, gone, gone_deadlines, values = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', ms(now), 'WITHSCORES', 'LIMIT', 0, ARGV[1])
 local moved = 0
@@ -12,8 +13,8 @@ for i = 1, #due, 2 do
   -- Reading the key (PEXPIRETIME) expires it if its time has come. A script sees the
   -- clock as it was when it started, so a key due by TIME may still live here: the same
   -- incarnation (the same deadline), which the next sweep finds gone.
-  local at = redis.call('PEXPIRETIME', key)
-  if at == deadline then
+  local at = expiretime_here(key)
+  if at == nil or at == deadline then
     -- leave it
   elseif at == -1 then
     redis.call('ZREM', deadlines, key)
@@ -34,4 +35,4 @@ if redis.call('ZCARD', gone) > 0 then
   marker = ms(now)
   redis.call('PUBLISH', ARGV[2], ARGV[3] .. marker)
 end
-return {#due / 2, moved, marker}
+return {#due / 2, moved, marker, elsewhere}
