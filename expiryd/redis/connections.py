@@ -106,6 +106,21 @@ class RedisTarget:
         return f"{node[0]}:{node[1]} of {self.safe_url}"
 
 
+def nodes_of(target: RedisTarget) -> list[tuple[str, Address]]:
+    """Every node of a Sentinel group or a cluster, primaries first, with its role: each
+    keeps its own notification flags, and a replica may be promoted at any time."""
+    if target.group is not None:
+        primary, replicas = target.group.nodes()
+        return [("primary", primary), *(("replica", replica) for replica in replicas)]
+    if target.cluster is not None:
+        primaries = target.cluster.topology().primaries
+        return [
+            *(("primary", p.address) for p in primaries),
+            *(("replica", r) for p in primaries for r in p.replicas),
+        ]
+    return []
+
+
 def eviction_problem(client: redis.Redis) -> str | None:
     """Why Redis might evict expiryd's ledger and jobs, with the fix; None when it won't.
     A server that does not let us read the policy is reported too."""

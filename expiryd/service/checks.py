@@ -19,10 +19,11 @@ from expiryd.redis.connections import (
     RedisTarget,
     ensure_notifications,
     eviction_problem,
+    nodes_of,
 )
-from expiryd.redis.keyspace import Keyspace
 from expiryd.redis.queue import JobQueue
 from expiryd.redis.sentinel import Address
+from expiryd.redis.shards import shard_keyspaces
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def run_checks(config: Config) -> Iterator[CheckResult]:
     yield CheckResult(True, f"config {config.source} ({len(config.routes)} routes)")
     yield _attempt(lambda: _check_redis(config))
     target = RedisTarget.from_url(config.redis.url)
-    if target.group is not None:
+    if target.group is not None or target.cluster is not None:
         yield from _check_nodes(target)
     engine = make_engine(config.database)
     try:
@@ -66,10 +67,13 @@ def _check_redis(config: Config) -> str:
     client = target.client()
     try:
         client.ping()
-        # A Sentinel group's flags are checked node by node (see `_check_nodes`).
-        flags = "" if target.group else ensure_notifications(target, client, configure=False)
+        # A Sentinel group's or cluster's flags are checked node by node (`_check_nodes`).
+        several = target.group or target.cluster
+        flags = "" if several else ensure_notifications(target, client, configure=False)
         eviction = eviction_problem(client)
-        jobs = JobQueue(client, Keyspace(config.redis.prefix, target.db)).counts()
+        shards = shard_keyspaces(target, client, config.redis.prefix)
+        counts = [JobQueue(client, keyspace).counts() for keyspace in shards]
+        jobs = {state: sum(c[state] for c in counts) for state in counts[0]}
     except CONNECTION_ERRORS as exc:
         raise UserError(f"Redis at {target.safe_url}: {describe_error(exc)}") from None
     finally:
@@ -77,25 +81,24 @@ def _check_redis(config: Config) -> str:
     if eviction:
         raise UserError(f"Redis at {target.safe_url}: {eviction}")
     queue = ", ".join(f"{n} {state}" for state, n in jobs.items())
-    if target.group:
+    if several:
         return f"Redis at {target.safe_url}; jobs: {queue}"
     shown = UNVERIFIED if flags is None else repr(flags)
     return f"Redis at {target.safe_url}, notify-keyspace-events {shown}; jobs: {queue}"
 
 
 def _check_nodes(target: RedisTarget) -> Iterator[CheckResult]:
-    """Every node of a Sentinel group: a replica promoted without the flags hears nothing."""
-    assert target.group is not None
+    """Every node of a Sentinel group or cluster: a replica promoted without the flags
+    hears nothing."""
     try:
-        primary, replicas = target.group.nodes()
+        nodes = nodes_of(target)
     except CONNECTION_ERRORS as exc:
-        yield CheckResult(False, f"{target.group.describe()}: {describe_error(exc)}")
+        yield CheckResult(False, f"{target.safe_url}: {describe_error(exc)}")
         return
-    nodes = [("primary", primary), *(("replica", replica) for replica in replicas)]
     for role, node in nodes:
         yield _attempt(functools.partial(_check_node, target, role, node))
-    if not replicas:
-        yield CheckResult(True, f"{target.group.describe()}: no replica to fail over to")
+    if all(role == "primary" for role, _ in nodes):
+        yield CheckResult(True, f"{target.safe_url}: no replica to fail over to")
 
 
 def _check_node(target: RedisTarget, role: str, node: Address) -> str:

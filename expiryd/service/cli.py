@@ -76,13 +76,15 @@ def _status(args: argparse.Namespace) -> int:
 
     from expiryd.redis.connections import CONNECTION_ERRORS, RedisTarget
     from expiryd.redis.keyspace import Keyspace
+    from expiryd.redis.shards import shard_keyspaces
     from expiryd.service.status import gather, render
 
     settings = config.load(args.config)
     target = RedisTarget.from_url(settings.redis.url)
     client = target.client()
     try:
-        report = gather(client, Keyspace(settings.redis.prefix, target.db))
+        shards = shard_keyspaces(target, client, settings.redis.prefix)
+        report = gather(client, Keyspace(settings.redis.prefix, target.db), shards)
     except CONNECTION_ERRORS as exc:
         raise ServiceError(f"Redis at {target.safe_url}: {logs.describe_error(exc)}") from None
     finally:
@@ -154,20 +156,20 @@ def _dead_letters(args: argparse.Namespace) -> int:
     from expiryd.service import deadletters
 
     settings = config.load(args.config)
-    with deadletters.open_queue(settings) as queue:
+    with deadletters.open_queues(settings) as queues:
         if args.dead_action == "list":
-            for line in deadletters.describe(queue.dead(), as_json=args.json):
-                print(line)
+            for queue in queues:
+                for line in deadletters.describe(queue.dead(), as_json=args.json):
+                    print(line)
             return 0
         if not args.keys and not args.all:
             raise UserError(f"dead {args.dead_action}: name one or more KEYs, or --all")
-        chosen = deadletters.select(queue.dead(), args.keys, args.all)
-        if args.dead_action == "replay":
-            count = queue.replay([job.id for job in chosen])
-            print(f"{count} dead letters queued again")
-        else:
-            count = queue.purge([job.id for job in chosen])
-            print(f"{count} dead letters removed")
+        count = 0
+        for queue in queues:
+            chosen = [job.id for job in deadletters.select(queue.dead(), args.keys, args.all)]
+            count += queue.replay(chosen) if args.dead_action == "replay" else queue.purge(chosen)
+        done = "queued again" if args.dead_action == "replay" else "removed"
+        print(f"{count} dead letters {done}")
     return 0
 
 

@@ -32,7 +32,7 @@ from expiryd.component import Component
 from expiryd.config import Config
 from expiryd.config import load as load_config
 from expiryd.database.engine import make_engine
-from expiryd.errors import UserError
+from expiryd.errors import ServiceError, UserError
 from expiryd.handlers import Handler, build_handlers
 from expiryd.liveness import Loops
 from expiryd.logs import describe_error, get_logger
@@ -43,6 +43,7 @@ from expiryd.redis.connections import (
     CONNECTION_ERRORS,
     RedisTarget,
     ensure_notifications,
+    nodes_of,
     warn_eviction,
 )
 from expiryd.redis.keyfilter import KeyFilter
@@ -377,7 +378,9 @@ class Daemon:
     def _check_redis(self) -> None:
         """Fail fast on a Redis that would never notify; an unreachable one is retried."""
         try:
-            if self.listen:
+            if self.listen and (self.target.group or self.target.cluster):
+                self._check_nodes()
+            elif self.listen:
                 flags = ensure_notifications(self.target, self.redis, self.configure_redis)
                 if flags is None:
                     self._log.warning(
@@ -388,6 +391,23 @@ class Daemon:
             warn_eviction(self.target, self.redis, self._log)
         except CONNECTION_ERRORS as exc:
             self._log.warning("redis.unreachable", error=describe_error(exc))
+
+    def _check_nodes(self) -> None:
+        """Every node of a Sentinel group or cluster: a primary without the flags is
+        refused (or set, with --configure-redis); a replica without them is reported,
+        since it would hear nothing once promoted."""
+        for role, node in nodes_of(self.target):
+            client = self.target.node_client(node)
+            try:
+                ensure_notifications(self.target, client, self.configure_redis, node)
+            except ServiceError as exc:
+                if role == "primary":
+                    raise
+                self._log.warning(
+                    "redis.replica_unready", node=f"{node[0]}:{node[1]}", error=str(exc)
+                )
+            finally:
+                client.close()
 
 
 def _engine_settings(config: Config) -> tuple[object, ...]:

@@ -11,16 +11,18 @@ from expiryd.config import Config
 from expiryd.errors import ServiceError
 from expiryd.logs import describe_error, display_key, escape_text
 from expiryd.redis.connections import CONNECTION_ERRORS, RedisTarget
-from expiryd.redis.keyspace import Keyspace
 from expiryd.redis.queue import Job, JobQueue
+from expiryd.redis.shards import shard_keyspaces
 
 
 @contextmanager
-def open_queue(settings: Config) -> Iterator[JobQueue]:
+def open_queues(settings: Config) -> Iterator[list[JobQueue]]:
+    """The queue of every shard (one, but for a cluster's)."""
     target = RedisTarget.from_url(settings.redis.url)
     client = target.client()
     try:
-        yield JobQueue(client, Keyspace(settings.redis.prefix, target.db))
+        keyspaces = shard_keyspaces(target, client, settings.redis.prefix)
+        yield [JobQueue(client, keyspace) for keyspace in keyspaces]
     except CONNECTION_ERRORS as exc:
         raise ServiceError(f"Redis at {target.safe_url}: {describe_error(exc)}") from None
     finally:

@@ -8,6 +8,7 @@ no expiry waits on a stuck thread. Otherwise exit 1, whatever else the screen sa
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -88,10 +89,25 @@ class Report(Figures):
         }
 
 
-def gather(client: redis.Redis, keyspace: Keyspace) -> Report:
-    figures = read_figures(client, keyspace)
+def gather(client: redis.Redis, keyspace: Keyspace, shards: Sequence[Keyspace]) -> Report:
+    """The heartbeats under `keyspace`, and the figures of every shard."""
+    figures = combine([read_figures(client, shard) for shard in shards])
     daemons = Registry(client, keyspace).heartbeats()
     return Report(**vars(figures), now=time.time(), daemons=daemons)
+
+
+def combine(parts: Sequence[Figures]) -> Figures:
+    """The figures of several shards (a cluster's) as one."""
+    if len(parts) == 1:
+        return parts[0]
+    upcoming = sorted((d for f in parts for d in f.next_deadlines), key=lambda d: d.due_in_s)
+    oldest = [f.oldest_ready_s for f in parts if f.oldest_ready_s is not None]
+    return Figures(
+        ledger_keys=sum(f.ledger_keys for f in parts),
+        next_deadlines=upcoming[:NEXT_DEADLINES],
+        jobs={state: sum(f.jobs[state] for f in parts) for state in parts[0].jobs},
+        oldest_ready_s=max(oldest) if oldest else None,
+    )
 
 
 def read_figures(client: redis.Redis, keyspace: Keyspace) -> Figures:

@@ -5,6 +5,7 @@ a real cluster of redis-server processes (three primaries, a replica each) and M
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from redis.crc import key_slot
 
 from tests.e2e.conftest import REPO, write_config
 from tests.e2e.test_sentinel import assert_each_once, keys, orders, wait_audited
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.servers import RedisServer
 from tests.support.shop import ORDER_ROUTES
 from tests.support.topology import ClusterSetup
@@ -41,10 +42,10 @@ def daemons() -> Iterator[list[DaemonProcess]]:
 
 
 def start(
-    tmp_path: Path, daemons: list[DaemonProcess], cluster: ClusterSetup, url: str
+    tmp_path: Path, daemons: list[DaemonProcess], cluster: ClusterSetup, url: str, *args: str
 ) -> DaemonProcess:
     config = write_config(tmp_path / "expiryd.toml", cluster.url(), url, WORKER + ORDER_ROUTES)
-    daemon = DaemonProcess(config, env={"PYTHONPATH": str(REPO)})
+    daemon = DaemonProcess(config, args, env={"PYTHONPATH": str(REPO)})
     daemons.append(daemon)
     daemon.wait_subscribed(len(cluster.primaries()))
     return daemon
@@ -125,3 +126,35 @@ def test_two_daemons_on_one_cluster_handle_each_expiry_once(
     wait_audited(one, mysql_url, len(numbers))
     assert_each_once(mysql_url, numbers)
     assert one.handled() and two.handled(), "one daemon did all the work"
+
+
+def test_configure_redis_sets_the_flags_on_every_node_and_check_and_status_see_all_shards(
+    tmp_path: Path, daemons: list[DaemonProcess], mysql_url: str
+) -> None:
+    setup = ClusterSetup(tmp_path / "bare", notify_flags="")
+    setup.start()
+    try:
+        config = write_config(tmp_path / "check.toml", setup.url(), mysql_url, ORDER_ROUTES)
+        orders(mysql_url, 0, 1)
+        before = run_cli("check", "--config", str(config))
+        assert before.returncode == 1
+        assert before.stdout.count("FAIL: primary: Redis at 127.0.0.1:") == 3
+        assert before.stdout.count("FAIL: replica: Redis at 127.0.0.1:") == 3
+
+        daemon = start(tmp_path, daemons, setup, mysql_url, "--configure-redis")
+        for node in setup.nodes:
+            flags = node.client(0).config_get("notify-keyspace-events")
+            assert set("Egx") <= set(flags["notify-keyspace-events"]), node.port
+        after = run_cli("check", "--config", str(config))
+        assert after.returncode == 0, after.stdout + after.stderr
+        assert after.stdout.count("ok: primary 127.0.0.1:") == 3
+        assert after.stdout.count("ok: replica 127.0.0.1:") == 3
+
+        # A job on each shard's queue, held back: status counts them all.
+        client = setup.client()
+        cancel_spread(client, [f"X{n}" for n in range(300)], 60_000, 1000)
+        status = run_cli("status", "--json", "--config", str(config))
+        report = json.loads(status.stdout)
+        assert report["ledger_keys"] == 300, daemon.output()
+    finally:
+        setup.stop()

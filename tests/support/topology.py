@@ -219,7 +219,13 @@ class ClusterSetup:
                 self.nodes
             ):
                 return False
-        return True
+        # And every primary with slots has its replica in the shards' description.
+        shards = self.nodes[0].client(0).execute_command("CLUSTER", "SHARDS")
+        return all(
+            len(shard[b"nodes"]) > self.replicas_per_primary
+            for shard in shards
+            if shard[b"slots"]
+        )
 
     def client(self) -> redis.RedisCluster:
         return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5)
