@@ -1,11 +1,11 @@
 """Throwaway Redis topologies on loopback, in temp dirs: a Sentinel group (a primary, a
-replica and three sentinels).
+replica and three sentinels) and a Cluster (three primaries, a replica each).
 
-The tests use the classes; `scripts/sentinel-up` and `scripts/sentinel-down` run this
-module to start one for a person, and to tear it down:
+The tests use the classes; `scripts/sentinel-up`, `scripts/cluster-up` and their `-down`
+run this module to start one for a person, and to tear it down:
 
-    python -m tests.support.topology sentinel up DIR
-    python -m tests.support.topology sentinel down DIR
+    python -m tests.support.topology sentinel|cluster up DIR
+    python -m tests.support.topology sentinel|cluster down DIR
 """
 
 from __future__ import annotations
@@ -222,9 +222,7 @@ class ClusterSetup:
         # And every primary with slots has its replica in the shards' description.
         shards = self.nodes[0].client(0).execute_command("CLUSTER", "SHARDS")
         return all(
-            len(shard[b"nodes"]) > self.replicas_per_primary
-            for shard in shards
-            if shard[b"slots"]
+            len(shard[b"nodes"]) > self.replicas_per_primary for shard in shards if shard[b"slots"]
         )
 
     def client(self) -> redis.RedisCluster:
@@ -299,15 +297,23 @@ def _free(port: int) -> bool:
     return True
 
 
-def _up(workdir: Path) -> None:
-    setup = SentinelSetup(workdir)
-    setup.start(detached=True)
-    processes = [*setup.servers, *setup.sentinels]
-    state = {"url": setup.url(0), "pids": [p.process.pid for p in processes if p.process]}
+def _up(kind: str, workdir: Path) -> None:
+    processes: list[RedisServer | Sentinel]
+    if kind == "sentinel":
+        group = SentinelSetup(workdir)
+        group.start(detached=True)
+        processes, url = [*group.servers, *group.sentinels], group.url(0)
+        nodes = f"primary 127.0.0.1:{group.primary.port}, replica 127.0.0.1:{group.replica.port}"
+    else:
+        cluster = ClusterSetup(workdir)
+        cluster.start(detached=True)
+        processes, url = list(cluster.nodes), cluster.url()
+        nodes = ", ".join(f"127.0.0.1:{node.port}" for node in cluster.nodes)
+    state = {"url": url, "pids": [p.process.pid for p in processes if p.process]}
     (workdir / "state.json").write_text(json.dumps(state))
-    print(f"Sentinel group up in {workdir}")
-    print(f"  primary 127.0.0.1:{setup.primary.port}, replica 127.0.0.1:{setup.replica.port}")
-    print(f"  expiryd URL: {state['url']}")
+    print(f"Redis {kind} up in {workdir}")
+    print(f"  nodes: {nodes}")
+    print(f"  expiryd URL: {url}")
 
 
 def _down(workdir: Path) -> None:
@@ -323,7 +329,7 @@ def _down(workdir: Path) -> None:
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     state_file.unlink()
-    print(f"Sentinel group in {workdir} stopped")
+    print(f"Redis in {workdir} stopped")
 
 
 def _alive(pid: int) -> bool:
@@ -335,12 +341,16 @@ def _alive(pid: int) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] != "sentinel" or argv[1] not in ("up", "down"):
-        print("usage: python -m tests.support.topology sentinel up|down DIR", file=sys.stderr)
+    if len(argv) != 3 or argv[0] not in ("sentinel", "cluster") or argv[1] not in ("up", "down"):
+        usage = "usage: python -m tests.support.topology sentinel|cluster up|down DIR"
+        print(usage, file=sys.stderr)
         return 2
     workdir = Path(argv[2])
     workdir.mkdir(parents=True, exist_ok=True)
-    (_up if argv[1] == "up" else _down)(workdir)
+    if argv[1] == "up":
+        _up(argv[0], workdir)
+    else:
+        _down(workdir)
     return 0
 
 
