@@ -6,6 +6,8 @@ spread  the orders due evenly over min(60, N / 1,000) s, among 100,000 other key
 Every order's lateness is read from the database: an audit trigger stamps each status
 change with SYSDATE(6). The naive subscriber runs the burst on a sample (its rate does not
 depend on how many wait) and, without --quick, the spread in full.
+--cluster runs the burst on the single Redis and on a local cluster of three primaries
+(a replica each), in the same run, and the ceiling.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from bench import footprint, report
 from bench.systems import OTHER_KEYS, Scenario, Servers, run_ceiling, run_expiryd, run_naive
 from tests.support.servers import MariaDB, RedisServer
+from tests.support.topology import ClusterSetup
 
 QUICK_ORDERS = 50_000
 SPREAD_S = 60
@@ -40,6 +43,9 @@ def main() -> None:
         servers.profile = out if args.profile else None
         servers.redis.start()
         servers.mariadb.start()
+        if args.cluster:
+            servers.cluster = ClusterSetup(root / "cluster")
+            servers.cluster.start()
 
         def save(results: list, fp: footprint.Footprint | None) -> str:
             """Written after every scenario, so that a run cut short keeps what it has."""
@@ -53,6 +59,8 @@ def main() -> None:
         finally:
             servers.redis.stop()
             servers.mariadb.stop()
+            if servers.cluster:
+                servers.cluster.stop()
     text = save(results, fp)
     report.plot(results, out / "bench.png", f"expiryd bench, {orders:,} orders")
     print(text)
@@ -65,16 +73,19 @@ def _run_all(
     args: argparse.Namespace,
     save: Callable[[list, footprint.Footprint | None], str],
 ) -> tuple[list, footprint.Footprint | None]:
-    chosen = (
-        set(args.only.split(","))
-        if args.only
-        else {"burst", "spread", "naive", "ceiling", "footprint"}
-    )
+    everything = {"burst", "spread", "naive", "ceiling", "footprint"}
+    if args.cluster:
+        everything = {"burst", "cluster", "ceiling"}
+    chosen = set(args.only.split(",")) if args.only else everything
     spread_s = min(SPREAD_S, orders / SPREAD_RATE)
     results = []
     if "burst" in chosen:
         _say(f"expiryd: burst of {orders:,}")
         results.append(run_expiryd(servers, Scenario("burst", orders)))
+        save(results, None)
+    if "cluster" in chosen:
+        _say(f"expiryd: burst of {orders:,} on a cluster of 3 primaries")
+        results.append(run_expiryd(servers, Scenario("burst", orders), on_cluster=True))
         save(results, None)
     if "spread" in chosen:
         _say(f"expiryd: {orders:,} spread over {spread_s:.0f} s among {OTHER_KEYS:,} other keys")
@@ -131,7 +142,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--naive-sample", type=int, default=NAIVE_SAMPLE, help="orders in the naive burst"
     )
-    parser.add_argument("--only", help="comma-separated: burst,spread,naive,ceiling,footprint")
+    parser.add_argument(
+        "--only", help="comma-separated: burst,spread,naive,ceiling,footprint,cluster"
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the burst on a single Redis and on a local cluster of 3 primaries, and the ceiling",
+    )
     parser.add_argument(
         "--set",
         action="append",

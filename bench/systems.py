@@ -17,8 +17,11 @@ import redis
 from bench import ceiling
 from bench.measure import CpuMeter, Result, peak_rss_mb, wait_for_changes
 from bench.orders import Shop, order_numbers, other_keys, schedule
+from expiryd.redis.connections import RedisTarget
 from expiryd.redis.keyspace import Keyspace
+from expiryd.redis.shards import shard_keyspaces
 from tests.support.servers import MariaDB, RedisServer
+from tests.support.topology import ClusterSetup
 
 OTHER_KEYS = 100_000
 OTHER_TTL_MS = 3_600_000
@@ -49,6 +52,8 @@ class Servers:
     settings: dict[str, dict[str, str]] = field(default_factory=dict)
     workers: int = 0
     profile: Path | None = None
+    cluster: ClusterSetup | None = None
+    """With --cluster: expiryd's runs use it instead of `redis`."""
 
     def shop(self, orders: int) -> tuple[Shop, int, str]:
         """A fresh database and Redis DB of their own; (shop, redis db, database name)."""
@@ -61,13 +66,21 @@ class Servers:
         assert self.redis.process and self.mariadb.process
         return {"redis-server": self.redis.process.pid, "mariadbd": self.mariadb.process.pid}
 
+    def cluster_pids(self) -> dict[str, int]:
+        """Each cluster node as `redis-server <port>`: `_measure` adds them up."""
+        assert self.cluster is not None and self.mariadb.process
+        nodes = {f"redis-server {n.port}": n.process.pid for n in self.cluster.nodes if n.process}
+        return {**nodes, "mariadbd": self.mariadb.process.pid}
 
-def run_expiryd(servers: Servers, scenario: Scenario) -> Result:
+
+def run_expiryd(servers: Servers, scenario: Scenario, on_cluster: bool = False) -> Result:
     shop, db, _ = servers.shop(scenario.orders)
-    client = servers.redis.client(db)
+    cluster = servers.cluster if on_cluster else None
+    client: redis.Redis = cluster.client() if cluster else servers.redis.client(db)  # type: ignore[assignment]
     if scenario.others:
         other_keys(client, scenario.others, OTHER_TTL_MS)
-    config = _write_config(servers, db, shop.url, scenario.name)
+    redis_url = cluster.url() if cluster else servers.redis.url(db)
+    config = _write_config(servers, redis_url, shop.url, scenario.name)
     log = servers.root / f"expiryd-{scenario.name}.log"
     daemons = [_expiryd("run", config, log)]
     _wait_for_line(log, "listener.subscribed", daemons[0])
@@ -78,8 +91,11 @@ def run_expiryd(servers: Servers, scenario: Scenario) -> Result:
     names = ["expiryd"] + [f"expiryd work {n + 1}" for n in range(servers.workers)]
     pids = dict(zip(names, (d.pid for d in daemons), strict=True))
     try:
-        result = _measure(servers, scenario, shop, client, pids, Keyspace("expiryd:", db))
+        keyspaces = shard_keyspaces(RedisTarget.from_url(redis_url), client, "expiryd:")
+        result = _measure(servers, scenario, shop, client, pids, keyspaces, on_cluster)
         result.peak_rss_mb = peak_rss_mb(daemons[0].pid)
+        if cluster:
+            result.name = f"expiryd on {len(cluster.primaries())} cluster primaries"
     finally:
         logs = _logs(servers, scenario)
         handled = sum(_stop(d, path) for d, path in zip(daemons, logs, strict=True))
@@ -112,7 +128,7 @@ def run_naive(servers: Servers, scenario: Scenario) -> Result:
     subscriber.stdout.readline()
     try:
         pids = {"naive": subscriber.pid}
-        result = _measure(servers, scenario, shop, client, pids, None, subscriber)
+        result = _measure(servers, scenario, shop, client, pids, None, process=subscriber)
         if subscriber.poll() is not None:
             # As the seeds' script does when Redis drops a subscriber that fell behind.
             exited = f"the naive subscriber exited (code {subscriber.returncode}) mid-run"
@@ -151,7 +167,8 @@ def _measure(
     shop: Shop,
     client: redis.Redis,
     pids: dict[str, int],
-    keyspace: Keyspace | None,
+    keyspaces: list[Keyspace] | None,
+    on_cluster: bool = False,
     process: subprocess.Popen[str] | None = None,
 ) -> Result:
     """Schedule the orders, then measure from the first deadline to the last change (or
@@ -164,13 +181,14 @@ def _measure(
     notes = []
     with_ttl = len(numbers) + scenario.others
     if (
-        keyspace is not None
-        and (recorded := _recorded_by(client, keyspace, with_ttl, first_ms)) < with_ttl
+        keyspaces is not None
+        and (recorded := _recorded_by(client, keyspaces, with_ttl, first_ms)) < with_ttl
     ):
         notes.append(f"{recorded:,} of {with_ttl:,} deadlines recorded by the first deadline")
     time.sleep(max(0.0, first_ms / 1000 - time.time()))
-    client.config_resetstat()
-    meter = CpuMeter({**pids, **servers.pids()})
+    if not on_cluster:
+        client.config_resetstat()
+    meter = CpuMeter({**pids, **(servers.cluster_pids() if on_cluster else servers.pids())})
     meter.start()
     profiler = _profile(servers, pids, scenario)
     last_s = deadlines_ms[-1] / 1000
@@ -186,25 +204,36 @@ def _measure(
         return process.poll() is None
 
     wait_for_changes(shop.changed, scenario.orders, last_s + scenario.give_up_after_s, alive=alive)
-    cpu = meter.stop()
+    cpu = _nodes_added_up(meter.stop())
     if profiler:
         profiler.send_signal(signal.SIGINT)
         profiler.wait(60)
     deadlines = {n: d / 1000 for n, d in zip(numbers, deadlines_ms, strict=True)}
-    name = "naive" if keyspace is None else "expiryd"
+    name = "naive" if keyspaces is None else "expiryd"
     result = Result(name, scenario.name, scenario.orders, deadlines, shop.changes(), cpu)
     result.notes += notes
     if process is not None:
         result.peak_rss_mb = max(peak_mb, peak_rss_mb(process.pid))
-    result.commandstats = dict(client.info("commandstats"))
+    if not on_cluster:
+        result.commandstats = dict(client.info("commandstats"))
     return result
 
 
-def _recorded_by(client: redis.Redis, keyspace: Keyspace, expected: int, when_ms: int) -> int:
-    """How many deadlines the ledger holds once it holds `expected`, or just before
+def _nodes_added_up(cpu: dict[str, float]) -> dict[str, float]:
+    nodes = {name: s for name, s in cpu.items() if name.startswith("redis-server ")}
+    if not nodes:
+        return cpu
+    others = {name: s for name, s in cpu.items() if name not in nodes}
+    return {**others, "redis-server": sum(nodes.values())}
+
+
+def _recorded_by(
+    client: redis.Redis, keyspaces: list[Keyspace], expected: int, when_ms: int
+) -> int:
+    """How many deadlines the ledgers hold once they hold `expected`, or just before
     `when_ms`, whichever comes first."""
     while True:
-        recorded = int(client.zcard(keyspace.deadlines))
+        recorded = sum(int(client.zcard(keyspace.deadlines)) for keyspace in keyspaces)
         if recorded >= expected or time.time() * 1000 >= when_ms - 500:
             return recorded
         time.sleep(0.2)
@@ -236,8 +265,8 @@ def _profile(
     )
 
 
-def _write_config(servers: Servers, db: int, url: str, name: str) -> Path:
-    sections = {"redis": {"url": f'"{servers.redis.url(db)}"'}, "database": {"url": f'"{url}"'}}
+def _write_config(servers: Servers, redis_url: str, url: str, name: str) -> Path:
+    sections = {"redis": {"url": f'"{redis_url}"'}, "database": {"url": f'"{url}"'}}
     for section, values in servers.settings.items():
         sections.setdefault(section, {}).update(values)
     text = "".join(
