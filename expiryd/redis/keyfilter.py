@@ -1,24 +1,39 @@
 """Which keys are expiryd's business: one filter for the dispatcher (events), the scan
 (the ledger's first look at a DB) and the worker (jobs), so that all three agree.
 
-A key is left alone when it is expiryd's own state (under its prefix). It is refused,
-with a reason, when it is longer than `max_key_bytes` or not valid UTF-8: no route can
-match it, and its expiry is one `unrouted` line, with no job.
+A key is left alone when it is expiryd's own state (under its prefix), and in a cluster
+when no route matches it: a cluster has no DB to keep timers apart from caches and
+sessions, so the keys the routes match are what expiryd watches. It is refused, with a
+reason, when it is longer than `max_key_bytes` or not valid UTF-8: no route can match
+it, and its expiry is one `unrouted` line, with no job.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from expiryd.routes import Route, match_route
 
 
-@dataclass(frozen=True)
+@dataclass
 class KeyFilter:
     own_prefix: bytes
     max_bytes: int
+    routed_only: bool = False
+    """Leave alone the keys no route matches (in a cluster)."""
+    routes: Sequence[Route] = field(default=())
+    """The routes in force; a reload replaces them."""
 
     def owns(self, raw_key: bytes) -> bool:
-        """Whether the key is expiryd's own state, never watched."""
-        return raw_key.startswith(self.own_prefix)
+        """Whether the key is none of expiryd's business: its own state, or (in a
+        cluster) a key no route matches."""
+        if raw_key.startswith(self.own_prefix):
+            return True
+        if not self.routed_only:
+            return False
+        key, _ = self.decode(raw_key)
+        return key is None or match_route(self.routes, key) is None
 
     def refusal(self, raw_key: bytes) -> str | None:
         """Why no route can take this key, or None when one may."""

@@ -71,7 +71,12 @@ class Daemon:
         self.configure_redis = configure_redis
         self.target = RedisTarget.from_url(config.redis.url)
         self.keyspace = keyspace = Keyspace(config.redis.prefix, self.target.db)
-        self.keys = KeyFilter(keyspace.prefix.encode(), config.redis.max_key_bytes)
+        self.keys = KeyFilter(
+            keyspace.prefix.encode(),
+            config.redis.max_key_bytes,
+            routed_only=self.target.cluster is not None,
+            routes=config.routes,
+        )
         self.engine = _engine_for(config)
         self.redis = self.target.client()
         self.notifier = Notifier.from_environ()
@@ -270,6 +275,7 @@ class Daemon:
             self._log.error("config.reload_failed", **fields, error=error)
             return
         old_engine, self.engine, self.config = self.engine, engine, config
+        self.keys.routes = config.routes
         for worker in self.workers:
             worker.use(config.routes, handlers, config.worker)
         self._resize_workers(config, handlers)

@@ -6,6 +6,7 @@ a real cluster of redis-server processes (three primaries, a replica each) and M
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,11 +151,21 @@ def test_configure_redis_sets_the_flags_on_every_node_and_check_and_status_see_a
         assert after.stdout.count("ok: primary 127.0.0.1:") == 3
         assert after.stdout.count("ok: replica 127.0.0.1:") == 3
 
-        # A job on each shard's queue, held back: status counts them all.
+        # Timers on every shard, and sessions no route matches: status counts the timers
+        # of all shards, and only them.
         client = setup.client()
         cancel_spread(client, [f"X{n}" for n in range(300)], 60_000, 1000)
-        status = run_cli("status", "--json", "--config", str(config))
-        report = json.loads(status.stdout)
-        assert report["ledger_keys"] == 300, daemon.output()
+        for n in range(100):
+            client.set(f"session:{n}", "x", px=60_000)
+        daemon.wait_for(lambda: ledger_keys(config) == 300, 10, "300 timers recorded")
+        client.set("session:late", "x", px=50)
+        time.sleep(1)
+        assert ledger_keys(config) == 300
+        assert not [line for line in daemon.handled() if "session" in line["key"]]
     finally:
         setup.stop()
+
+
+def ledger_keys(config: Path) -> int:
+    status = run_cli("status", "--json", "--config", str(config))
+    return int(json.loads(status.stdout)["ledger_keys"])

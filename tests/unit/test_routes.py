@@ -1,5 +1,6 @@
 import pytest
 
+from expiryd.redis.keyfilter import KeyFilter
 from expiryd.routes import Pattern, PatternError, Route, match_route
 
 
@@ -86,3 +87,16 @@ def test_no_route_matches() -> None:
 def test_matching_a_long_hostile_key_is_not_quadratic() -> None:
     pattern = Pattern.parse("{a}x{b}")
     assert pattern.match("x" * 1024 + ":") is None  # bounded by max_key_bytes in the worker
+
+
+def test_in_a_cluster_only_keys_a_route_matches_are_expiryd_s_business() -> None:
+    routes = [Route("cancel", Pattern.parse("order:cancel:{order_sn}"), "orders.cancel")]
+    plain = KeyFilter(b"expiryd:", 1024, routes=routes)
+    cluster = KeyFilter(b"expiryd:", 1024, routed_only=True, routes=routes)
+    for keys in (plain, cluster):
+        assert keys.owns(b"expiryd:{1.2}:deadlines")
+        assert not keys.owns(b"order:cancel:SN1")
+    assert not plain.owns(b"session:42") and cluster.owns(b"session:42")
+    assert cluster.owns(b"\xff\xfe") and not cluster.watches(b"session:42")
+    cluster.routes = [*routes, Route("s", Pattern.parse("session:{id}"), "orders.cancel")]
+    assert not cluster.owns(b"session:42")
