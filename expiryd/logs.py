@@ -100,7 +100,14 @@ def describe_error(exc: BaseException) -> str:
         exc = exc.orig
     elif isinstance(exc, SQLAlchemyError):
         return scrub(f"{type(exc).__name__}: {exc.args[0] if exc.args else ''}")
-    return scrub(f"{type(exc).__name__}: {exc}")
+    # redis-py names each sentinel it asked by its client's whole repr: the address will do.
+    text = _CLIENT_REPR.sub(lambda m: f"{m['host']}:{m['port']}", str(exc))
+    return scrub(f"{type(exc).__name__}: {text}")
+
+
+_CLIENT_REPR = re.compile(
+    r"<redis\.client\.Redis\(.*?,host=(?P<host>[^,]+),port=(?P<port>\d+),.*?\)>\)>\)>"
+)
 
 
 def display_key(raw: bytes) -> str:

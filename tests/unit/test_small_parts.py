@@ -1,12 +1,14 @@
 import msgpack
 import pytest
+import redis
+import redis.sentinel
 
 from expiryd.backoff import backoff_delay
 from expiryd.durations import parse_duration
 from expiryd.expiry import Source
 from expiryd.handlers.callables import to_result
 from expiryd.handlers.orders import coerce
-from expiryd.logs import display_key
+from expiryd.logs import describe_error, display_key
 from expiryd.outcomes import Outcome, Result
 from expiryd.redact import redact_url, url_passwords
 from expiryd.redis.connections import missing_flags
@@ -160,3 +162,12 @@ def test_backoff_counts_failures_in_a_row_until_reset() -> None:
     assert 4 <= delays[-1] <= 8
     backoff.reset()
     assert backoff.next_delay() <= 1
+
+
+def test_a_sentinel_error_names_each_sentinel_by_its_address_not_its_client() -> None:
+    sentinel = redis.sentinel.Sentinel([("127.0.0.1", 1)], socket_connect_timeout=0.5)
+    with pytest.raises(redis.sentinel.MasterNotFoundError) as caught:
+        sentinel.discover_master("mymaster")
+    text = describe_error(caught.value)
+    assert "No master found for 'mymaster' : 127.0.0.1:1 - " in text
+    assert "ConnectionPool" not in text and "Connection refused" in text
