@@ -166,17 +166,24 @@ class Worker(Component):
         for one; whether there was one."""
         queues = list(self.queues())
         self._turns += 1
+        failed: Exception | None = None
         for n in range(len(queues)):
             queue = queues[(self._turns + n) % len(queues)]
-            self._requeue_lapsed(queue)
-            jobs, missing = queue.take(
-                self.settings.batch_size, self.settings.lease_seconds * 1000, self._token
-            )
+            try:
+                self._requeue_lapsed(queue)
+                jobs, missing = queue.take(
+                    self.settings.batch_size, self.settings.lease_seconds * 1000, self._token
+                )
+            except CONNECTION_ERRORS as exc:  # one shard away: the others' jobs still run
+                failed = exc
+                continue
             if missing:
                 self._log.error("jobs.missing", jobs=missing, reason=MISSING)
             if jobs:
                 self._run_batch(queue, jobs)
                 return True
+        if failed is not None:
+            raise failed
         if wait and not self.halt.is_set():
             self.wake.wait(defaults.WORKER_POLL_SECONDS)
             self.wake.clear()

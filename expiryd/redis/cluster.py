@@ -19,8 +19,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode
 from redis.crc import key_slot
+from redis.retry import Retry
 
 from expiryd.redis.nodes import Address, NodeUrlError, address_of, node_options
 
@@ -67,12 +69,14 @@ class ClusterSeeds:
         host, port = address
         return redis.Redis(host=host, port=port, **(settings | self.node_options))
 
-    def topology(self, also: tuple[Address, ...] = (), **settings: Any) -> Topology:
+    def topology(self, also: tuple[Address, ...] = ()) -> Topology:
         """The cluster as the first seed, or else node of `also`, that answers describes
-        it."""
+        it; quick to give up on a node that does not."""
         errors = []
         for address in dict.fromkeys((*self.seeds, *also)):
-            client = self.node_client(address, **settings)
+            client = self.node_client(
+                address, socket_connect_timeout=1, socket_timeout=2, retry=Retry(NoBackoff(), 0)
+            )
             try:
                 return Topology.parse(client.execute_command("CLUSTER", "SHARDS"))
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -131,7 +135,7 @@ class Topology:
 
 def _address(node: dict[bytes, Any]) -> Address:
     host = node.get(b"ip") or node.get(b"endpoint") or b"127.0.0.1"
-    port = node.get(b"port") or node.get(b"tls-port") or 0
+    port = node.get(b"tls-port") or node.get(b"port") or 0
     return host.decode() if isinstance(host, bytes) else str(host), int(port)
 
 
@@ -160,10 +164,20 @@ class Reshape:
 
 
 def reshape(shards: dict[str, Address], topology: Topology) -> Reshape:
-    """What changes `shards` (tag -> the node its listener is on) to one per primary."""
+    """What changes `shards` (tag -> the node its listener is on) to one per primary. A
+    shard whose tag's slot no primary serves (its primary failed, and no replica is
+    promoted yet) is left as it is: its listener reconnects until the slot is served."""
     wanted = {primary.tag: primary for primary in topology.primaries}
     return Reshape(
         start=tuple(p for tag, p in wanted.items() if tag not in shards),
         move=tuple(p for tag, p in wanted.items() if tag in shards and shards[tag] != p.address),
-        retire=tuple(tag for tag in shards if tag not in wanted),
+        retire=tuple(
+            tag
+            for tag in shards
+            if tag not in wanted and topology.owner(slot_of_tag(tag)) is not None
+        ),
     )
+
+
+def slot_of_tag(tag: str) -> int:
+    return key_slot(f"{{{tag}}}".encode())

@@ -7,24 +7,34 @@ key. In a cluster two things break that, and both would lose expiries:
   primary, a window's forgets are dropped; a real DEL among them is found by the rescan
   when the listener subscribes on the new primary (the cluster watch moves it there).
 - Resharding moves a key with `MIGRATE`, which deletes it here (`del`) and restores it on
-  its new node (`restore`). Its deadline is handed over to that node's shard instead.
+  its new node (`restore`). A key this node no longer serves (it answers MOVED or ASK)
+  that exists on the node it names was moved: its deadline is handed over to that node's
+  shard instead. One that exists there neither was deleted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis
 from redis.exceptions import AskError, MovedError
 
-from expiryd.logs import get_logger
+from expiryd.logs import describe_error, get_logger
 from expiryd.redis.ledger import Ledger, Op, Step
+from expiryd.redis.nodes import Address
 
 
 class ClusterEvents:
-    def __init__(self, node: redis.Redis, ledger: Ledger) -> None:
+    def __init__(
+        self, node: redis.Redis, ledger: Ledger, connect: Callable[[Address], redis.Redis]
+    ) -> None:
         self.node = node
         """A client of the node the shard's listener is on, that does not follow MOVED."""
         self.ledger = ledger
+        self.connect = connect
+        """A client of another node, to ask whether a key lives there now."""
         self._on_replica = False
+        self._unchecked = False
         self._log = get_logger()
 
     def vet(self, steps: list[Step]) -> list[Step]:
@@ -43,18 +53,52 @@ class ClusterEvents:
         return [step for step in steps if not (step.op is Op.FORGET and step.key in moved)]
 
     def _ask(self, keys: list[bytes]) -> tuple[bool, set[bytes]]:
-        """Whether the node is a primary (not when it cannot say), and which of `keys`
-        another node serves now."""
-        try:
-            with self.node.pipeline(transaction=False) as pipe:
-                pipe.execute_command("ROLE")
-                for key in keys:
-                    pipe.exists(key)
-                role, *found = pipe.execute(raise_on_error=False)
-        except (redis.RedisError, OSError):
+        """Whether the node is a primary, and which of `keys` another node serves now. A
+        node that cannot say raises (the window waits, and is tried again), except for a
+        Redis user that may not run ROLE: it is taken at its word, and told once."""
+        with self.node.pipeline(transaction=False) as pipe:
+            pipe.execute_command("ROLE")
+            for key in keys:
+                pipe.exists(key)
+            role, *found = pipe.execute(raise_on_error=False)
+        if isinstance(role, redis.exceptions.NoPermissionError):
+            if not self._unchecked:
+                self._unchecked = True
+                self._log.warning("events.role_unchecked", error=describe_error(role))
+        elif isinstance(role, Exception):
+            raise role
+        elif role[0] != b"master":
             return False, set()
-        if isinstance(role, Exception) or role[0] != b"master":
-            return False, set()
-        return True, {
-            k for k, r in zip(keys, found, strict=True) if isinstance(r, MovedError | AskError)
-        }
+        redirected = [
+            (k, r) for k, r in zip(keys, found, strict=True) if isinstance(r, MovedError | AskError)
+        ]
+        return True, self._living_elsewhere(redirected)
+
+    def _living_elsewhere(
+        self, redirected: list[tuple[bytes, MovedError | AskError]]
+    ) -> set[bytes]:
+        """Those keys that exist on the node their redirect names: moved there. One that
+        exists there neither was deleted (a DEL while its slot was migrating), and is
+        forgotten as any other."""
+        by_node: dict[Address, list[tuple[bytes, bool]]] = {}
+        for key, redirect in redirected:
+            importing = isinstance(redirect, AskError)  # its slot is still being moved there
+            by_node.setdefault(redirect.node_addr, []).append((key, importing))
+        living: set[bytes] = set()
+        for address, asked in by_node.items():
+            client = self.connect(address)
+            try:
+                with client.pipeline(transaction=False) as pipe:
+                    for key, importing in asked:
+                        if importing:
+                            pipe.execute_command("ASKING")
+                        pipe.exists(key)
+                    replies = iter(pipe.execute())
+                for key, importing in asked:
+                    if importing:
+                        next(replies)
+                    if next(replies):
+                        living.add(key)
+            finally:
+                client.close()
+        return living

@@ -41,9 +41,7 @@ class ClusterWatch(Component):
         while not self.halt.wait(FOLLOW_CHECK_SECONDS):
             self.beat()
             try:
-                topology = self.seeds.topology(
-                    also=self._known, socket_connect_timeout=1, socket_timeout=2
-                )
+                topology = self.seeds.topology(also=self._known)
             except (redis.RedisError, OSError) as exc:
                 if not self._complained:
                     self._complained = True
@@ -51,4 +49,7 @@ class ClusterWatch(Component):
                 continue
             self._complained = False
             self._known = topology.nodes
-            self.changed(topology)
+            try:
+                self.changed(topology)
+            except Exception as exc:  # the watch must outlive any one reshape
+                self._log.error("cluster.reshape_failed", error=describe_error(exc), exc_info=True)

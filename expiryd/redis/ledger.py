@@ -164,6 +164,12 @@ class Ledger:
                 return forgotten
             after = int(last)
 
+    def size(self) -> int:
+        """Deadlines and incarnations found gone that this ledger holds."""
+        return int(self.client.zcard(self.keyspace.deadlines)) + int(
+            self.client.zcard(self.keyspace.gone)
+        )
+
     def hand_over_keys(self, keys: Sequence[bytes]) -> int:
         """Hand these keys' deadlines over to the shards `elsewhere` names (see `__init__`);
         the number moved."""

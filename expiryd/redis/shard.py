@@ -23,7 +23,7 @@ from expiryd.redis.connections import RedisTarget
 from expiryd.redis.dispatch import Dispatcher
 from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.keyspace import Keyspace
-from expiryd.redis.ledger import Ledger
+from expiryd.redis.ledger import Ledger, Step
 from expiryd.redis.listener import Listener
 from expiryd.redis.markers import Markers
 from expiryd.redis.nodes import Address
@@ -44,6 +44,8 @@ class Wiring:
     configure_redis: bool = False
     elsewhere: Callable[[bytes], Keyspace | None] | None = None
     """In a cluster: the keyspace of the shard that serves a key now (see `Ledger`)."""
+    connect: Callable[[Address], redis.Redis] | None = None
+    """In a cluster: a client of one node (see `ClusterEvents`)."""
 
 
 class Shard:
@@ -95,7 +97,7 @@ class Shard:
             report_unqueued=wiring.report_unqueued,
             wake_workers=wiring.wake_workers,
             beat=loops.beat_for(f"dispatcher{suffix}"),
-            vet=ClusterEvents(scanned, ledger).vet if scanned is not None else None,
+            vet=self._vet(scanned, ledger, wiring),
         )
         self.listener = Listener(
             target=target,
@@ -115,6 +117,14 @@ class Shard:
         )
         for component in self.components():
             component.name += suffix
+
+    @staticmethod
+    def _vet(
+        scanned: redis.Redis | None, ledger: Ledger, wiring: Wiring
+    ) -> Callable[[list[Step]], list[Step]] | None:
+        if scanned is None or wiring.connect is None:
+            return None
+        return ClusterEvents(scanned, ledger, wiring.connect).vet
 
     def components(self) -> list[Component]:
         """The listening components, in the order to start them."""

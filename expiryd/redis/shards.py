@@ -24,8 +24,8 @@ import redis
 from redis.crc import key_slot
 
 from expiryd.component import Component
-from expiryd.logs import get_logger
-from expiryd.redis.cluster import Primary, Topology, reshape
+from expiryd.logs import describe_error, get_logger
+from expiryd.redis.cluster import Primary, Topology, reshape, slot_of_tag
 from expiryd.redis.connections import CONNECTION_ERRORS, RedisTarget
 from expiryd.redis.keyspace import Keyspace
 from expiryd.redis.ledger import Ledger
@@ -63,20 +63,30 @@ class Shards:
             self.all = [self._shard(target, Keyspace(prefix, target.db))]
         else:
             wiring.elsewhere = self.keyspace_of
+            wiring.connect = target.node_client
             topology = target.cluster.topology()
             self.all = [self._on(primary) for primary in topology.primaries]
-            self._adopt_orphans(topology)
+            try:
+                self._adopt_orphans(topology)
+            except (redis.RedisError, *CONNECTION_ERRORS) as exc:  # tried again each second
+                self._log.warning("cluster.handover_failed", error=describe_error(exc))
 
     def _adopt_orphans(self, topology: Topology) -> None:
         """Tags with state under them that no primary's shard has now: left by an earlier
         daemon, by another that saw an older topology, or handed deadlines while a new
         primary's highest slot was still changing (see `keyspace_of`)."""
         current = {shard.tag for shard in self.all}
-        self.client.sadd(self._registry, *current)
+        if current:
+            self.client.sadd(self._registry, *current)
         known = {t.decode() for t in self.client.smembers(self._registry)}  # type: ignore[union-attr]
         wanted = {primary.tag for primary in topology.primaries}
         for tag in known - current - wanted - {q.keyspace.tag for q in self._draining}:
-            self._retire(Keyspace.tagged(self.prefix, tag), topology)
+            if topology.owner(slot_of_tag(tag)) is None:
+                continue  # its slot is served by nobody now: wait until it is
+            try:
+                self._retire(Keyspace.tagged(self.prefix, tag), topology)
+            except (redis.RedisError, *CONNECTION_ERRORS) as exc:
+                self._log.warning("cluster.handover_failed", tag=tag, error=describe_error(exc))
 
     def _shard(self, target: RedisTarget, keyspace: Keyspace, **node: object) -> Shard:
         return Shard(
@@ -103,7 +113,8 @@ class Shards:
         assert self.target.cluster is not None
         now = time.monotonic()
         if self._topology is None or now - self._topology[0] > TOPOLOGY_SECONDS:
-            self._topology = (now, self.target.cluster.topology())
+            known = self._topology[1].nodes if self._topology else ()
+            self._topology = (now, self.target.cluster.topology(also=known))
         owner = self._topology[1].owner(key_slot(key))
         if owner is None:
             return None
@@ -115,6 +126,9 @@ class Shards:
 
     def components(self) -> list[Component]:
         return [c for shard in self.all for c in shard.components()]
+
+    def keyspaces(self) -> list[Keyspace]:
+        return [queue.keyspace for queue in self.queues()]
 
     def queues(self) -> list[JobQueue]:
         return [*(shard.queue for shard in self.all), *self._draining]
@@ -135,7 +149,7 @@ class Shards:
 
     def follow(self, topology: Topology) -> None:
         """Reshape the shards to match `topology` (see the module's docstring)."""
-        self._drop_drained(topology)
+        self._tidy(topology)
         plan = reshape({s.tag: s.node for s in self.all if s.node}, topology)
         if not plan:
             return
@@ -147,10 +161,6 @@ class Shards:
             shard.stop(deadline)
         arriving = [self._on(p) for p in (*plan.move, *plan.start)]
         self.all = [*(s for s in self.all if s not in gone), *arriving]
-        self.client.sadd(self._registry, *(s.tag for s in arriving))
-        for shard in gone:
-            if shard.tag in plan.retire:
-                self._retire(shard.keyspace, topology)
         for shard in arriving:
             for component in shard.components():
                 self.start(component)
@@ -160,6 +170,13 @@ class Shards:
             added=[_named(p) for p in plan.start],
             retired=list(plan.retire),
         )
+        # Last, since Redis may fail them: a retired tag stays in the registry, and is
+        # handed over when `_tidy` finds it again.
+        if arriving:
+            self.client.sadd(self._registry, *(s.tag for s in arriving))
+        for shard in gone:
+            if shard.tag in plan.retire:
+                self._retire(shard.keyspace, topology)
 
     def _retire(self, keyspace: Keyspace, topology: Topology) -> None:
         """Hand the ledger under a tag no primary keeps over to the shards of its keys,
@@ -176,17 +193,18 @@ class Shards:
 
         return shard_of
 
-    def _drop_drained(self, topology: Topology) -> None:
+    def _tidy(self, topology: Topology) -> None:
         """Hand over again what reached a retired tag's ledger since (a daemon that had
         not seen the change yet), and forget the tag once nothing is left in its ledger
-        or queue, dead letters included."""
+        or queue, dead letters included; then look for orphans."""
         wanted = {primary.tag for primary in topology.primaries}
         for queue in list(self._draining):
             if queue.keyspace.tag in wanted:  # a primary's highest slot again: live
                 self._draining.remove(queue)
                 continue
             try:
-                if Ledger(self.client, queue.keyspace).hand_over(self._keyspace_in(topology)):
+                ledger = Ledger(self.client, queue.keyspace)
+                if ledger.hand_over(self._keyspace_in(topology)) or ledger.size():
                     continue
                 if any(queue.counts().values()):
                     continue

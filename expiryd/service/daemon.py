@@ -140,6 +140,7 @@ class Daemon:
             self.loops,
             self.shards.subscribed if listen else None,
             self.metrics,
+            self.shards.keyspaces,
         )
         self.pulse = Pulse(
             notifier=self.notifier, loops=self.loops, ready=self._ready, report=self.reporter.report

@@ -36,6 +36,7 @@ class Launcher:
         """What asked for the stop first: a signal's name, or the component that died."""
         self.died: str | None = None
         self._started: list[Component] = []
+        self._lock = threading.Lock()
         self._signal: str | None = None
         self._reload = False
 
@@ -45,8 +46,10 @@ class Launcher:
         return [c for c in self._started if c.running or not c.halt.is_set()]
 
     def start(self, component: Component) -> None:
+        """From any thread: a reload starts workers, the cluster watch a shard's loops."""
         component.on_ended = self._ended
-        self._started = [*self.components, component]
+        with self._lock:
+            self._started = [*self.components, component]
         component.start()
 
     def request_stop(self, reason: str) -> None:

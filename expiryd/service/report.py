@@ -22,7 +22,7 @@ from expiryd.redis.keyspace import Keyspace
 from expiryd.redis.registry import Heartbeat, Registry
 from expiryd.service.metrics import Metrics
 from expiryd.service.notify import Notifier
-from expiryd.service.status import Figures, read_figures
+from expiryd.service.status import Figures, combine, read_figures
 from expiryd.tally import Tally
 
 
@@ -37,6 +37,8 @@ class Reporter:
     subscribed: Callable[[], bool] | None
     """Whether every listener is subscribed; None for a daemon that only works."""
     metrics: Metrics | None
+    shards: Callable[[], list[Keyspace]] | None = None
+    """Where each shard keeps its state (a cluster's several); None: `keyspace` alone."""
 
     def __post_init__(self) -> None:
         self.daemon_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
@@ -52,7 +54,8 @@ class Reporter:
 
     def report(self, stopping: bool = False) -> None:
         try:
-            figures: Figures | None = read_figures(self.client, self.keyspace)
+            keyspaces = self.shards() if self.shards else [self.keyspace]
+            figures: Figures | None = combine([read_figures(self.client, k) for k in keyspaces])
         except (redis.RedisError, *CONNECTION_ERRORS):
             figures = None
         self.notifier.send(STATUS=self.summary(figures))

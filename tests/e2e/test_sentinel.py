@@ -97,15 +97,15 @@ def test_a_failover_mid_burst_cancels_every_order_once_and_expiryd_follows_the_p
     new = sentinel.failover()
     assert new != old
     # The old primary stays a primary, still expiring its keys, until the sentinels turn
-    # it into a replica some 10-15 s later. Keys on the new one must be heard before that.
+    # it into a replica some 10-15 s later. Keys set on the new one and due before that
+    # are heard only by a listener that moved there: one that waits for the demotion
+    # finds them gone, with no deadline recorded, and they are lost.
     soon = orders(mysql_url, 10_000, 200, create=False)
     cancel_spread(sentinel.client(), soon, 3000, 200)
     wait_audited(daemon, mysql_url, len(first) + len(soon))
     daemon.wait_for_event("redis.primary_changed")
     daemon.wait_for(lambda: subscribed_on(sentinel, new) >= 1, 10, "a subscriber on the new")
     assert_each_once(mysql_url, first + soon)
-    late = [line for line in daemon.handled() if line["key"] in keys(soon)]
-    assert max(line["lateness_ms"] for line in late) < 5000, "heard only once demoted"
 
     # Back to the first node, once it replicates from the new primary; then new keys.
     sentinel.wait_demoted(old)

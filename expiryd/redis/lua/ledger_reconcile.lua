@@ -19,7 +19,12 @@ for _, key in ipairs(keys) do
   -- new incarnation there, and this one is over.
   local exists = redis.pcall('EXISTS', key)
   if type(exists) == 'table' then exists = 0 end
-  if deadline and not redis.call('ZSCORE', deadlines, key) and exists == 0 then
+  -- A claim of the key at or after this deadline is a claim of this incarnation: in a
+  -- cluster, its new node claimed it before its deadline was handed over there.
+  local last = tonumber(redis.call('ZSCORE', claimed, key))
+  local claimed_since = deadline and last and last >= deadline
+  if deadline and not claimed_since and not redis.call('ZSCORE', deadlines, key)
+      and exists == 0 then
     local value = redis.call('HGET', values, key)
     redis.call('HDEL', values, key)
     redis.call('ZADD', claimed, ms(now), key)
