@@ -18,7 +18,15 @@ from expiryd.redis.nodes import Address
 from expiryd.redis.sentinel import SCHEMES as SENTINEL_SCHEMES
 from expiryd.redis.sentinel import SentinelGroup
 
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+CONNECTION_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OSError,
+    # A cluster failing a primary over, or moving a slot: gone once it is done.
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
 
 
 UNSAFE_EVICTION = ("allkeys-lru", "allkeys-lfu", "allkeys-random")

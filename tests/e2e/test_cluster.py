@@ -169,3 +169,30 @@ def test_configure_redis_sets_the_flags_on_every_node_and_check_and_status_see_a
 def ledger_keys(config: Path) -> int:
     status = run_cli("status", "--json", "--config", str(config))
     return int(json.loads(status.stdout)["ledger_keys"])
+
+
+def test_a_primary_killed_mid_burst_is_replaced_by_its_replica_and_nothing_is_lost(
+    tmp_path: Path, daemons: list[DaemonProcess], mysql_url: str
+) -> None:
+    """A crash, not a handover: the cluster itself fails the primary over once it has
+    been silent for the node timeout, short here so that the test is quick."""
+    cluster = ClusterSetup(tmp_path / "crash", node_timeout_ms=2000)
+    cluster.start()
+    try:
+        numbers = orders(mysql_url, 0, 10_000)
+        daemon = start(tmp_path, daemons, cluster, mysql_url)
+        cancel_spread(cluster.client(), numbers, 1000, 8000)
+        wait_audited(daemon, mysql_url, 2000)
+        victim = cluster.primaries()[0]
+        replica = cluster.replica_of(victim)
+        assert victim.process is not None
+        victim.process.kill()
+        daemon.wait_for(
+            lambda: replica.client(0).execute_command("ROLE")[0] == b"master", 30, "promotion"
+        )
+        wait_audited(daemon, mysql_url, len(numbers), timeout=120)
+        assert_each_once(mysql_url, numbers)
+        assert daemon.running and not daemon.events("thread.died")
+        assert any(line["moved"] for line in daemon.events("cluster.reshaped"))
+    finally:
+        cluster.stop()

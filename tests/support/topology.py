@@ -181,6 +181,10 @@ class ClusterSetup:
             extra_args=(
                 *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
                 *("--cluster-node-timeout", str(self.node_timeout_ms)),
+                # A replica always takes over from a failed primary, however long ago
+                # they last spoke (a test's idle cluster may not have for a while).
+                *("--cluster-replica-validity-factor", "0"),
+                *("--repl-diskless-sync-delay", "0"),
             ),
         )
         node.port = _cluster_port()
@@ -219,10 +223,14 @@ class ClusterSetup:
                 self.nodes
             ):
                 return False
-        # And every primary with slots has its replica in the shards' description.
+        # And every primary with slots has its replica in the shards' description, and
+        # that replica has had its first full copy.
         shards = self.nodes[0].client(0).execute_command("CLUSTER", "SHARDS")
+        if not all(len(s[b"nodes"]) > self.replicas_per_primary for s in shards if s[b"slots"]):
+            return False
+        replicas = [n for n in self.nodes if n.client(0).execute_command("ROLE")[0] == b"slave"]
         return all(
-            len(shard[b"nodes"]) > self.replicas_per_primary for shard in shards if shard[b"slots"]
+            n.client(0).info("replication").get("master_link_status") == "up" for n in replicas
         )
 
     def client(self) -> redis.RedisCluster:
