@@ -276,12 +276,21 @@ def _parse_redis(
 
 
 def _parse_redis_url(url: str) -> None:
-    if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
-        SentinelGroup.from_url(url)
-    elif url.startswith(("redis+cluster://", "rediss+cluster://")):
-        ClusterSeeds.from_url(url)
-    else:
-        redis.ConnectionPool.from_url(url)
+    """Parse it, and build (without connecting) a client of it, which refuses a setting
+    in the query string that redis-py does not know."""
+    try:
+        if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
+            group = SentinelGroup.from_url(url)
+            group.node_client(group.sentinels[0]).close()
+        elif url.startswith(("redis+cluster://", "rediss+cluster://")):
+            seeds = ClusterSeeds.from_url(url)
+            seeds.node_client(seeds.seeds[0]).close()
+        else:
+            redis.ConnectionPool.from_url(url)
+    except TypeError as exc:  # the message names the setting, never its value
+        raise NodeUrlError(
+            f"a setting in the query string is not one redis-py takes ({exc})"
+        ) from None
 
 
 def _check_prefix(section: _Section, prefix: str, routes: tuple[Route, ...]) -> None:

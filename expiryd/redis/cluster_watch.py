@@ -18,6 +18,7 @@ from expiryd.redis.cluster import ClusterSeeds, Topology
 from expiryd.redis.nodes import Address
 
 FOLLOW_CHECK_SECONDS = 1.0
+RESHAPE_SECONDS = 300.0
 
 
 class ClusterWatch(Component):
@@ -50,6 +51,9 @@ class ClusterWatch(Component):
             self._complained = False
             self._known = topology.nodes
             try:
+                # Moving shards may take a while: leaving ones apply what they heard,
+                # retired ledgers are handed over.
+                self.beat(RESHAPE_SECONDS)
                 self.changed(topology)
             except Exception as exc:  # the watch must outlive any one reshape
                 self._log.error("cluster.reshape_failed", error=describe_error(exc), exc_info=True)

@@ -406,6 +406,11 @@ class Daemon:
         for role, node in nodes_of(self.target):
             client = self.target.node_client(node)
             try:
+                warn_eviction(
+                    self.target.node_target(node) if self.target.cluster else self.target,
+                    client,
+                    self._log,
+                )
                 ensure_notifications(self.target, client, self.configure_redis, node)
             except ServiceError as exc:
                 if role == "primary":

@@ -178,10 +178,12 @@ def test_a_sentinel_url_names_sentinels_service_db_and_both_sets_of_credentials(
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("redis+sentinel://127.0.0.1:26379", r"the path must be /SERVICE or /SERVICE/DB"),
-        ("redis+sentinel://127.0.0.1:26379/m/x", r"the DB must be a number, not 'x'"),
+        ("redis+sentinel://:pw-secret@127.0.0.1:26379", r"the path must be /SERVICE or /"),
+        ("redis+sentinel://:pw-secret@127.0.0.1:26379/m/x", r"the DB must be a number, not 'x'"),
         ("redis+sentinel://:pw-secret@/m/1", r"name at least one sentinel"),
-        ("redis+sentinel://h:port/m/1", r"'h:port' is not a host:port"),
+        ("redis+sentinel://u:pw-secret@h:port/m/1", r"'h:port' is not a host:port"),
+        ("redis+cluster://:pw-secret@h:1/3", r"a cluster has only DB 0"),
+        ("redis+cluster://:pw-secret@h:1?bogus=pw-secret", r"not one redis-py takes .*'bogus'"),
     ],
 )
 def test_a_bad_sentinel_url_is_refused_in_one_line_without_its_password(
