@@ -8,8 +8,9 @@ key. In a cluster two things break that, and both would lose expiries:
   when the listener subscribes on the new primary (the cluster watch moves it there).
 - Resharding moves a key with `MIGRATE`, which deletes it here (`del`) and restores it on
   its new node (`restore`). A key this node no longer serves (it answers MOVED or ASK)
-  that exists on the node it names was moved: its deadline is handed over to that node's
-  shard instead. One that exists there neither was deleted.
+  that exists on the node it names was moved, and so was one gone from there too whose
+  deadline has passed (it expired there): its deadline is handed over to that node's
+  shard instead. One that exists there neither, before its deadline, was deleted.
 """
 
 from __future__ import annotations
@@ -72,7 +73,20 @@ class ClusterEvents:
         redirected = [
             (k, r) for k, r in zip(keys, found, strict=True) if isinstance(r, MovedError | AskError)
         ]
-        return True, self._living_elsewhere(redirected)
+        living = self._living_elsewhere(redirected)
+        return True, living | self._over([k for k, _ in redirected if k not in living])
+
+    def _over(self, keys: list[bytes]) -> set[bytes]:
+        """Those of `keys`, gone from their new node too, whose deadline has passed: they
+        moved, then expired there (maybe before that node's shard listened). A DEL
+        comes before a deadline (a key past it is expired by any command that touches
+        it), so these were not deleted, and their deadlines go over for recovery."""
+        if not keys:
+            return set()
+        seconds, micros = self.node.time()
+        now_ms = seconds * 1000 + micros // 1000
+        deadlines = self.ledger.client.zmscore(self.ledger.keyspace.deadlines, keys)  # type: ignore[arg-type]
+        return {k for k, d in zip(keys, deadlines, strict=True) if d is not None and d < now_ms}
 
     def _living_elsewhere(
         self, redirected: list[tuple[bytes, MovedError | AskError]]
