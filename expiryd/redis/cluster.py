@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -24,17 +23,13 @@ from redis.cluster import ClusterNode
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from expiryd.redis.nodes import Address, NodeUrlError, address_of, node_options
+from expiryd.redis.nodes import Address, NodesUrl, NodeUrlError
 
 SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 """URL scheme -> whether the nodes are reached over TLS."""
 
 SLOTS = 16384
 DEFAULT_PORT = 6379
-
-
-class ClusterUrlError(NodeUrlError):
-    """A `redis+cluster://` URL that does not parse; the message never quotes a secret."""
 
 
 @dataclass(frozen=True)
@@ -45,18 +40,10 @@ class ClusterSeeds:
 
     @classmethod
     def from_url(cls, url: str) -> ClusterSeeds:
-        scheme, _, rest = url.partition("://")
-        if scheme not in SCHEMES:
-            raise ClusterUrlError(f"scheme must be one of {', '.join(SCHEMES)}")
-        parts = urlsplit(f"x://{rest}")
-        userinfo, _, hosts = parts.netloc.rpartition("@")
-        seeds = tuple(address_of(part, DEFAULT_PORT) for part in hosts.split(",") if part)
-        if not seeds:
-            raise ClusterUrlError("name at least one node as host:port")
+        parts = NodesUrl.split(url, SCHEMES, DEFAULT_PORT, "node")
         if parts.path.strip("/") not in ("", "0"):
-            raise ClusterUrlError("a cluster has only DB 0: leave the path out")
-        query = dict(parse_qsl(parts.query))
-        return cls(seeds, node_options(SCHEMES[scheme], userinfo, 0, query))
+            raise NodeUrlError("a cluster has only DB 0: leave the path out")
+        return cls(parts.addresses, parts.node_options(0))
 
     def client(self, **settings: Any) -> redis.RedisCluster:
         """A client of the whole cluster: each command goes to the node of its key."""

@@ -3,8 +3,9 @@ their addresses, and the options every connection to one of them takes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from redis.connection import parse_url
 
@@ -43,3 +44,30 @@ def node_options(tls: bool, userinfo: str, db: int, query: dict[str, str]) -> di
 def normal_address(address: Any) -> Address:
     host, port = address
     return (host.decode() if isinstance(host, bytes) else str(host)), int(port)
+
+
+@dataclass(frozen=True)
+class NodesUrl:
+    """A URL of several hosts, taken apart: `scheme://[userinfo@]host:port,.../path?query`."""
+
+    tls: bool
+    userinfo: str
+    addresses: tuple[Address, ...]
+    path: str
+    query: dict[str, str]
+
+    @classmethod
+    def split(cls, url: str, schemes: dict[str, bool], default_port: int, what: str) -> NodesUrl:
+        """`schemes`: each scheme taken, and whether it means TLS; `what` the hosts are."""
+        scheme, _, rest = url.partition("://")
+        if scheme not in schemes:
+            raise NodeUrlError(f"scheme must be one of {', '.join(schemes)}")
+        parts = urlsplit(f"x://{rest}")
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        addresses = tuple(address_of(part, default_port) for part in hosts.split(",") if part)
+        if not addresses:
+            raise NodeUrlError(f"name at least one {what} as host:port")
+        return cls(schemes[scheme], userinfo, addresses, parts.path, dict(parse_qsl(parts.query)))
+
+    def node_options(self, db: int) -> dict[str, Any]:
+        return node_options(self.tls, self.userinfo, db, self.query)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote
 
 import redis
 import redis.sentinel
@@ -26,7 +26,7 @@ import redis.sentinel
 from expiryd.component import Component
 from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, get_logger
-from expiryd.redis.nodes import Address, NodeUrlError, address_of, node_options, normal_address
+from expiryd.redis.nodes import Address, NodesUrl, NodeUrlError, node_options, normal_address
 
 SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 """URL scheme -> whether data nodes and sentinels are reached over TLS."""
@@ -36,10 +36,6 @@ FOLLOW_CHECK_SECONDS = 1.0
 """How often the primary's address and role are checked, besides `+switch-master`."""
 
 _SENTINEL_TIMEOUTS = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0}
-
-
-class SentinelUrlError(NodeUrlError):
-    """A `redis+sentinel://` URL that does not parse; the message never quotes a secret."""
 
 
 @dataclass(frozen=True)
@@ -53,26 +49,17 @@ class SentinelGroup:
 
     @classmethod
     def from_url(cls, url: str) -> SentinelGroup:
-        scheme, _, rest = url.partition("://")
-        if scheme not in SCHEMES:
-            raise SentinelUrlError(f"scheme must be one of {', '.join(SCHEMES)}")
-        parts = urlsplit(f"x://{rest}")
-        userinfo, _, hosts = parts.netloc.rpartition("@")
-        sentinels = tuple(
-            address_of(part, DEFAULT_SENTINEL_PORT) for part in hosts.split(",") if part
-        )
-        if not sentinels:
-            raise SentinelUrlError("name at least one sentinel as host:port")
+        parts = NodesUrl.split(url, SCHEMES, DEFAULT_SENTINEL_PORT, "sentinel")
         service, db = _service_and_db(parts.path)
-        query = dict(parse_qsl(parts.query))
+        query = dict(parts.query)
         sentinel_credentials = {
             name: query.pop(f"sentinel_{name}")
             for name in ("username", "password")
             if f"sentinel_{name}" in query
         }
-        node = node_options(SCHEMES[scheme], userinfo, db, query)
+        node = node_options(parts.tls, parts.userinfo, db, query)
         tls = {k: v for k, v in node.items() if k.startswith("ssl")}
-        return cls(sentinels, service, db, node, tls | sentinel_credentials)
+        return cls(parts.addresses, service, db, node, tls | sentinel_credentials)
 
     def manager(self, **socket_options: Any) -> redis.sentinel.Sentinel:
         """A client of the sentinels; its `master_for` gives clients of the primary."""
@@ -109,9 +96,9 @@ class SentinelGroup:
 def _service_and_db(path: str) -> tuple[str, int]:
     parts = [unquote(p) for p in path.split("/") if p]
     if not parts or len(parts) > 2:
-        raise SentinelUrlError("the path must be /SERVICE or /SERVICE/DB")
+        raise NodeUrlError("the path must be /SERVICE or /SERVICE/DB")
     if len(parts) == 2 and not parts[1].isdigit():
-        raise SentinelUrlError(f"the DB must be a number, not {parts[1]!r}")
+        raise NodeUrlError(f"the DB must be a number, not {parts[1]!r}")
     return parts[0], int(parts[1]) if len(parts) == 2 else 0
 
 

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import redis
 
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, psetex_many
 from tests.support.servers import RedisServer
-from tests.support.shop import ORDER_ROUTES
+from tests.support.shop import ORDER_ROUTES, add_audit, audit, create_orders
 
 REPO = Path(__file__).parents[2]
 SETTLE_SECONDS = 30
@@ -81,3 +83,65 @@ def assert_queue_settled(
     assert counts == (0, 0, dead, dead, 0), (
         f"queue at the end (ready, leased, dead, records, owners): {counts}\n{tail}"
     )
+
+
+# For the Sentinel and Cluster tests: daemons on a topology's URL, orders whose changes
+# an audit trigger counts.
+
+TOPOLOGY_WORKER = "[worker]\nlease_seconds = 5\ngrace_seconds = 10\n"
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """The daemons a test starts with `start_on`, each stopped at its end."""
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+def start_on(
+    tmp_path: Path,
+    daemons: list[DaemonProcess],
+    redis_url: str,
+    database_url: str,
+    *args: str,
+    listeners: int = 1,
+) -> DaemonProcess:
+    """`expiryd run` on the order routes, once each of its `listeners` has subscribed."""
+    body = TOPOLOGY_WORKER + ORDER_ROUTES
+    config = write_config(tmp_path / "expiryd.toml", redis_url, database_url, body)
+    daemon = DaemonProcess(config, args, env={"PYTHONPATH": str(REPO)})
+    daemons.append(daemon)
+    daemon.wait_subscribed(listeners)
+    return daemon
+
+
+def orders(url: str, first: int, count: int, create: bool = True) -> list[str]:
+    """Unpaid orders SN<first>..., in a table made (with its audit) when `create`."""
+    numbers = [f"SN{n:06d}" for n in range(first, first + count)]
+    create_orders(url, dict.fromkeys(numbers, 0), create=create)
+    if create:
+        add_audit(url)
+    return numbers
+
+
+def keys(numbers: list[str]) -> set[str]:
+    return {f"order:cancel:{n}" for n in numbers}
+
+
+def cancel_spread(client: redis.Redis, numbers: list[str], first_ms: int, over_ms: int) -> None:
+    """Deadlines spread evenly over `over_ms`, the first `first_ms` from now."""
+    ttls = [first_ms + i * over_ms // len(numbers) for i in range(len(numbers))]
+    psetex_many(client, [f"order:cancel:{n}" for n in numbers], ttls)
+
+
+def wait_audited(daemon: DaemonProcess, url: str, count: int, timeout: float = 60) -> None:
+    daemon.wait_for(lambda: len(audit(url)) >= count, timeout, f"{count} orders cancelled")
+
+
+def assert_each_once(url: str, numbers: list[str]) -> None:
+    changed = Counter(audit(url))
+    assert sorted(changed) == sorted(numbers)
+    twice = [n for n, times in changed.items() if times > 1]
+    assert twice == [], f"cancelled more than once: {twice[:5]}"

@@ -11,19 +11,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from redis.crc import key_slot
 
-from tests.e2e.conftest import REPO, write_config
-from tests.e2e.test_sentinel import assert_each_once, keys, orders, wait_audited
+from tests.e2e.conftest import (
+    assert_each_once,
+    cancel_spread,
+    keys,
+    orders,
+    start_on,
+    wait_audited,
+    write_config,
+)
 from tests.support.daemon import DaemonProcess, run_cli
 from tests.support.servers import RedisServer
 from tests.support.shop import ORDER_ROUTES
 from tests.support.topology import ClusterSetup
 
 pytestmark = [pytest.mark.topology, pytest.mark.mysql]
-
-WORKER = "[worker]\nlease_seconds = 5\ngrace_seconds = 10\n"
 
 
 @pytest.fixture
@@ -34,31 +38,12 @@ def cluster(tmp_path: Path) -> Iterator[ClusterSetup]:
     setup.stop()
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
-
-
 def start(
     tmp_path: Path, daemons: list[DaemonProcess], cluster: ClusterSetup, url: str, *args: str
 ) -> DaemonProcess:
-    config = write_config(tmp_path / "expiryd.toml", cluster.url(), url, WORKER + ORDER_ROUTES)
-    daemon = DaemonProcess(config, args, env={"PYTHONPATH": str(REPO)})
-    daemons.append(daemon)
-    daemon.wait_subscribed(len(cluster.primaries()))
-    return daemon
-
-
-def cancel_spread(
-    client: redis.RedisCluster, numbers: list[str], first_ms: int, over_ms: int
-) -> None:
-    with client.pipeline() as pipe:
-        for i, number in enumerate(numbers):
-            pipe.psetex(f"order:cancel:{number}", first_ms + i * over_ms // len(numbers), 1)
-        pipe.execute()
+    """Once it listens on every primary."""
+    listeners = len(cluster.primaries())
+    return start_on(tmp_path, daemons, cluster.url(), url, *args, listeners=listeners)
 
 
 def served_by(cluster: ClusterSetup, node: RedisServer, numbers: list[str]) -> list[str]:

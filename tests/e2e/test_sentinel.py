@@ -8,20 +8,26 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import REPO, assert_queue_settled, write_config
-from tests.support.daemon import DaemonProcess, psetex_many, run_cli
-from tests.support.shop import ORDER_ROUTES, add_audit, audit, create_orders, statuses
+from tests.e2e.conftest import (
+    assert_each_once,
+    assert_queue_settled,
+    cancel_spread,
+    keys,
+    orders,
+    start_on,
+    wait_audited,
+    write_config,
+)
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.shop import ORDER_ROUTES, statuses
 from tests.support.topology import SentinelSetup
 
 pytestmark = pytest.mark.topology
-
-WORKER = "[worker]\nlease_seconds = 5\ngrace_seconds = 10\n"
 
 
 @pytest.fixture
@@ -30,53 +36,6 @@ def sentinel(tmp_path: Path) -> Iterator[SentinelSetup]:
     setup.start()
     yield setup
     setup.stop()
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.stop()
-
-
-def start(
-    tmp_path: Path, daemons: list[DaemonProcess], redis_url: str, url: str, *args: str
-) -> DaemonProcess:
-    config = write_config(tmp_path / "expiryd.toml", redis_url, url, WORKER + ORDER_ROUTES)
-    daemon = DaemonProcess(config, args, env={"PYTHONPATH": str(REPO)})
-    daemons.append(daemon)
-    daemon.wait_subscribed()
-    return daemon
-
-
-def orders(url: str, first: int, count: int, create: bool = True) -> list[str]:
-    numbers = [f"SN{n:06d}" for n in range(first, first + count)]
-    create_orders(url, dict.fromkeys(numbers, 0), create=create)
-    if create:
-        add_audit(url)
-    return numbers
-
-
-def keys(numbers: list[str]) -> set[str]:
-    return {f"order:cancel:{n}" for n in numbers}
-
-
-def cancel_spread(client: object, numbers: list[str], first_ms: int, over_ms: int) -> None:
-    """Deadlines spread evenly over `over_ms`, the first `first_ms` from now."""
-    ttls = [first_ms + i * over_ms // len(numbers) for i in range(len(numbers))]
-    psetex_many(client, [f"order:cancel:{n}" for n in numbers], ttls)  # type: ignore[arg-type]
-
-
-def wait_audited(daemon: DaemonProcess, url: str, count: int, timeout: float = 60) -> None:
-    daemon.wait_for(lambda: len(audit(url)) >= count, timeout, f"{count} orders cancelled")
-
-
-def assert_each_once(url: str, numbers: list[str]) -> None:
-    changed = Counter(audit(url))
-    assert sorted(changed) == sorted(numbers)
-    twice = [n for n, times in changed.items() if times > 1]
-    assert twice == [], f"cancelled more than once: {twice[:5]}"
 
 
 def subscribed_on(setup: SentinelSetup, address: tuple[str, int]) -> int:
@@ -89,7 +48,7 @@ def test_a_failover_mid_burst_cancels_every_order_once_and_expiryd_follows_the_p
     sentinel: SentinelSetup, daemons: list[DaemonProcess], tmp_path: Path, mysql_url: str
 ) -> None:
     first = orders(mysql_url, 0, 3000)
-    daemon = start(tmp_path, daemons, sentinel.url(), mysql_url)
+    daemon = start_on(tmp_path, daemons, sentinel.url(), mysql_url)
     cancel_spread(sentinel.client(), first, 1000, 6000)
     wait_audited(daemon, mysql_url, 1000)
 
@@ -134,7 +93,7 @@ def test_a_failover_that_loses_the_last_writes_loses_only_keys_the_new_primary_n
     kept = orders(mysql_url, 0, 300)
     expired = orders(mysql_url, 1000, 300, create=False)
     lost = orders(mysql_url, 2000, 300, create=False)
-    daemon = start(tmp_path, daemons, sentinel.url(), mysql_url)
+    daemon = start_on(tmp_path, daemons, sentinel.url(), mysql_url)
     old = sentinel.client()
     cancel_spread(old, kept, 14_000, 1000)
     cancel_spread(old, expired, 3000, 500)
@@ -181,7 +140,7 @@ def test_configure_redis_sets_the_flags_on_every_node_and_check_reports_each(
         assert f"FAIL: replica: Redis at 127.0.0.1:{setup.replica.port} of" in before.stdout
         assert "CONFIG SET notify-keyspace-events" in before.stdout
 
-        start(tmp_path, daemons, setup.url(), mysql_url, "--configure-redis")
+        start_on(tmp_path, daemons, setup.url(), mysql_url, "--configure-redis")
         for server in setup.servers:
             flags = server.client().config_get("notify-keyspace-events")
             assert set("Egx") <= set(flags["notify-keyspace-events"]), server.port
