@@ -6,14 +6,13 @@ and replicas.
 
 Each primary is a shard (see `shard`): expiryd keeps that shard's ledger and queue under
 a hash tag whose slot the primary owns, so that one script can read a watched key and
-write its deadline and its job on the same node. The tag is the one of the primary's
-highest slot: resharding tools (`redis-cli --cluster reshard`) move a node's lowest slots
-first, so that slot, and the state in it, stays put as long as the primary keeps any.
+write its deadline and its job on the same node. A primary keeps its tag for as long as
+it owns the tag's slot (see `choose_tags`, and `shard_tags` for how daemons agree on it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
@@ -80,15 +79,17 @@ class Primary:
     slots: tuple[tuple[int, int], ...]
     """Inclusive ranges."""
     replicas: tuple[Address, ...]
+    tag: str = ""
+    """The hash tag of this primary's shard state (see `choose_tags`); until one is
+    chosen, that of its highest slot."""
+
+    def __post_init__(self) -> None:
+        if not self.tag:
+            object.__setattr__(self, "tag", tag_for_slot(self.top_slot))
 
     @property
     def top_slot(self) -> int:
         return max(end for _, end in self.slots)
-
-    @property
-    def tag(self) -> str:
-        """The hash tag of this primary's shard state (see the module's docstring)."""
-        return tag_for_slot(self.top_slot)
 
     def owns(self, slot: int) -> bool:
         return any(start <= slot <= end for start, end in self.slots)
@@ -119,6 +120,30 @@ class Topology:
     def nodes(self) -> tuple[Address, ...]:
         return tuple(a for p in self.primaries for a in (p.address, *p.replicas))
 
+    def tagged(self, tags: dict[str, str]) -> Topology:
+        """This topology with each primary's tag taken from `tags` (node id -> tag)."""
+        return Topology(tuple(replace(p, tag=tags.get(p.node_id, p.tag)) for p in self.primaries))
+
+
+def choose_tags(topology: Topology, kept: dict[str, str]) -> dict[str, str]:
+    """The tag of each primary's shard (node id -> tag), given those kept so far.
+
+    A primary keeps its tag while it owns the tag's slot. While resharding fills a new
+    primary slot by slot, its highest slot changes with every move: daemons reading the
+    topology a moment apart would keep one shard's state under two tags, and claim one
+    expiry under each. A primary with no tag it still owns takes a kept tag whose slot
+    it owns now (a failover promoted it, or the slot moved to it: the state moved with
+    it), else the one of its highest slot. Resharding tools (`redis-cli --cluster
+    reshard`) move a node's lowest slots first, so that slot stays put the longest."""
+    chosen = {}
+    for primary in topology.primaries:
+        tag = kept.get(primary.node_id, "")
+        if not tag or not primary.owns(slot_of_tag(tag)):
+            inherited = [t for t in set(kept.values()) if primary.owns(slot_of_tag(t))]
+            tag = max(inherited, key=slot_of_tag, default=tag_for_slot(primary.top_slot))
+        chosen[primary.node_id] = tag
+    return chosen
+
 
 def _address(node: dict[bytes, Any]) -> Address:
     host = node.get(b"ip") or node.get(b"endpoint") or b"127.0.0.1"
@@ -140,7 +165,7 @@ class Reshape:
     """How a daemon's shards must change to match a cluster's topology."""
 
     start: tuple[Primary, ...] = ()
-    """Primaries with no shard yet: added, or whose top slot (so tag) changed."""
+    """Primaries with no shard yet: added, or whose tag changed."""
     move: tuple[Primary, ...] = ()
     """Shards whose tag is now another node's: the replica promoted by a failover."""
     retire: tuple[str, ...] = ()

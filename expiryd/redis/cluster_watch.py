@@ -14,7 +14,7 @@ import redis
 from expiryd.component import Component
 from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, get_logger
-from expiryd.redis.cluster import ClusterSeeds, Topology
+from expiryd.redis.cluster import Topology
 from expiryd.redis.nodes import Address
 
 FOLLOW_CHECK_SECONDS = 1.0
@@ -25,12 +25,13 @@ class ClusterWatch(Component):
     def __init__(
         self,
         *,
-        seeds: ClusterSeeds,
+        read: Callable[[tuple[Address, ...]], Topology],
         changed: Callable[[Topology], None],
         beat: Beat = no_beat,
     ) -> None:
         super().__init__(name="cluster_watch", beat=beat)
-        self.seeds = seeds
+        self.read = read
+        """Reads the topology from a seed node, else one of those given (see `Shards`)."""
         self.changed = changed
         """Given each topology read; it compares it with the shards it has."""
         self._complained = False
@@ -42,8 +43,8 @@ class ClusterWatch(Component):
         while not self.halt.wait(FOLLOW_CHECK_SECONDS):
             self.beat()
             try:
-                topology = self.seeds.topology(also=self._known)
-            except (redis.RedisError, OSError) as exc:
+                topology = self.read(self._known)
+            except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
                 if not self._complained:
                     self._complained = True
                     self._log.warning("cluster.unanswered", error=describe_error(exc))

@@ -89,6 +89,12 @@ class Keyspace:
         return f"{self.prefix}shards"
 
     @property
+    def shard_nodes(self) -> str:
+        """HASH, in a cluster: primary's node id -> the hash tag of its shard (see
+        `shard_tags`)."""
+        return f"{self.prefix}shards:nodes"
+
+    @property
     def sweep_channel(self) -> str:
         """Pub/sub channel of the sweep markers (see `ledger`)."""
         return f"{self.prefix}sweep@{self.db}"

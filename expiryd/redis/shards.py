@@ -3,12 +3,14 @@ primary of a cluster, reshaped as the cluster changes.
 
 The cluster watch hands every topology it reads to `follow`:
 - a primary with no shard (added, or given slots) gets one, which scans its keys;
-- a shard whose tag's slot is now another node's (a failover promoted its replica) is
-  rebuilt on that node: its listener leaves the old one, which hears only a replica's
-  copies from then on, and the new listener rescans the same ledger;
-- a shard whose tag no primary keeps any more (its primary's highest slot changed)
-  stops listening and hands its ledger over to the shards of its keys' primaries; its
-  queue is drained by the workers until empty, and its primary starts a new shard.
+- a shard whose tag's slot is now another node's (a failover promoted its replica, or
+  the slot moved to a primary that had no tag) is rebuilt on that node: its listener
+  leaves the old one, and the new listener rescans the same ledger, handing over the
+  entries of keys it does not serve;
+- a shard whose tag no primary keeps any more (its slot moved to a primary with a tag of
+  its own) stops listening and hands its ledger over to the shards of its keys'
+  primaries; its queue is drained by the workers until empty, and its primary, if it
+  still has slots, starts a new shard.
 
 Every tag with state under it is in a set in the cluster (`Keyspace.shard_tags`) until
 its queue is empty, so that a daemon started later drains what an earlier one left
@@ -29,8 +31,10 @@ from expiryd.redis.cluster import Primary, Topology, reshape, slot_of_tag
 from expiryd.redis.connections import CONNECTION_ERRORS, RedisTarget
 from expiryd.redis.keyspace import Keyspace
 from expiryd.redis.ledger import Ledger
+from expiryd.redis.nodes import Address
 from expiryd.redis.queue import JobQueue
 from expiryd.redis.shard import Shard, Wiring
+from expiryd.redis.shard_tags import ShardTags
 
 LEAVE_SECONDS = 5.0
 """How long a shard that leaves may take to apply what it heard."""
@@ -57,6 +61,7 @@ class Shards:
         self._log = get_logger()
         self._draining: list[JobQueue] = []
         self._registry = Keyspace(prefix, target.db).shard_tags
+        self._tags = ShardTags(client, Keyspace(prefix, target.db))
         self._topology: tuple[float, Topology] | None = None
         self._registered: set[str] = set()
         if target.cluster is None:
@@ -64,7 +69,7 @@ class Shards:
         else:
             wiring.elsewhere = self.keyspace_of
             wiring.connect = target.node_client
-            topology = target.cluster.topology()
+            topology = self.topology()
             self.all = [self._on(primary) for primary in topology.primaries]
             try:
                 self._adopt_orphans(topology)
@@ -73,8 +78,8 @@ class Shards:
 
     def _adopt_orphans(self, topology: Topology) -> None:
         """Tags with state under them that no primary's shard has now: left by an earlier
-        daemon, by another that saw an older topology, or handed deadlines while a new
-        primary's highest slot was still changing (see `keyspace_of`)."""
+        daemon, by another that saw an older topology, or handed deadlines under a tag
+        another daemon chose differently at the same moment (see `keyspace_of`)."""
         current = {shard.tag for shard in self.all}
         if current:
             self.client.sadd(self._registry, *current)
@@ -107,6 +112,12 @@ class Shards:
             scanned=self.target.node_client(primary.address),
         )
 
+    def topology(self, also: tuple[Address, ...] = ()) -> Topology:
+        """The cluster now, each primary with the tag every daemon uses for it."""
+        assert self.target.cluster is not None
+        cluster = self.target.cluster
+        return self._tags.assign(lambda: cluster.topology(also=also))
+
     def keyspace_of(self, key: bytes) -> Keyspace | None:
         """The keyspace of the shard of the primary serving `key` now, from a topology
         at most `TOPOLOGY_SECONDS` old: asked when resharding moved a key."""
@@ -114,7 +125,7 @@ class Shards:
         now = time.monotonic()
         if self._topology is None or now - self._topology[0] > TOPOLOGY_SECONDS:
             known = self._topology[1].nodes if self._topology else ()
-            self._topology = (now, self.target.cluster.topology(also=known))
+            self._topology = (now, self.topology(also=known))
         owner = self._topology[1].owner(key_slot(key))
         if owner is None:
             return None
@@ -199,7 +210,7 @@ class Shards:
         or queue, dead letters included; then look for orphans."""
         wanted = {primary.tag for primary in topology.primaries}
         for queue in list(self._draining):
-            if queue.keyspace.tag in wanted:  # a primary's highest slot again: live
+            if queue.keyspace.tag in wanted:  # a primary's tag again: live
                 self._draining.remove(queue)
                 continue
             try:
@@ -228,6 +239,7 @@ def shard_keyspaces(target: RedisTarget, client: redis.Redis, prefix: str) -> li
     base = Keyspace(prefix, target.db)
     if target.cluster is None:
         return [base]
-    tags = {p.tag for p in target.cluster.topology().primaries}
+    topology = ShardTags(client, base).read(target.cluster.topology())
+    tags = {p.tag for p in topology.primaries}
     tags |= {t.decode() for t in client.smembers(base.shard_tags)}  # type: ignore[union-attr]
     return [Keyspace.tagged(prefix, tag) for tag in sorted(tags)]

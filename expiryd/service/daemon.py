@@ -121,7 +121,7 @@ class Daemon:
         )
         self.cluster_watch = (
             ClusterWatch(
-                seeds=self.target.cluster,
+                read=self.shards.topology,
                 changed=self.shards.follow,
                 beat=self.loops.beat_for("cluster_watch"),
             )

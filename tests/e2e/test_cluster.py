@@ -84,22 +84,27 @@ def test_every_shard_s_orders_are_cancelled_once_across_a_failover_mid_burst(
     assert daemon.events("expiry.dead") == []
 
 
-def test_keys_on_slots_moved_to_a_new_primary_while_running_are_handled_once(
+def test_keys_on_slots_moved_to_a_new_primary_while_running_are_handled_once_by_two_daemons(
     cluster: ClusterSetup, daemons: list[DaemonProcess], tmp_path: Path, mysql_url: str
 ) -> None:
     numbers = orders(mysql_url, 0, 10_000)
-    daemon = start(tmp_path, daemons, cluster, mysql_url)
+    one = start(tmp_path, daemons, cluster, mysql_url)
+    two = start(tmp_path, daemons, cluster, mysql_url)
     cancel_spread(cluster.client(), numbers, 3000, 9000)
 
     added = cluster.add_primary()
     cluster.move_slots(added, 2000)
     moved = served_by(cluster, added, numbers)
     assert moved, "no key moved"
-    wait_audited(daemon, mysql_url, len(numbers), timeout=120)
+    wait_audited(one, mysql_url, len(numbers), timeout=120)
     assert_each_once(mysql_url, numbers)
-    assert any(line["added"] for line in daemon.events("cluster.reshaped"))
-    assert len(added.client(0).client_list(_type="pubsub")) >= 1
-    assert daemon.events("expiry.dead") == []
+    for daemon in (one, two):
+        reshaped = daemon.events("cluster.reshaped")
+        assert [name for line in reshaped for name in line["added"]], "new primary unseen"
+        # Filling the new primary, slot by slot, never changed a shard's tag.
+        assert [tag for line in reshaped for tag in line["retired"]] == []
+        assert daemon.events("expiry.dead") == []
+    assert len(added.client(0).client_list(_type="pubsub")) >= 2
 
 
 def test_two_daemons_on_one_cluster_handle_each_expiry_once(

@@ -1,7 +1,14 @@
 from redis.crc import key_slot
 
 from expiryd.redact import redact_url
-from expiryd.redis.cluster import ClusterSeeds, Primary, Topology, reshape, tag_for_slot
+from expiryd.redis.cluster import (
+    ClusterSeeds,
+    Primary,
+    Topology,
+    choose_tags,
+    reshape,
+    tag_for_slot,
+)
 from expiryd.redis.connections import RedisTarget
 
 
@@ -70,6 +77,24 @@ def test_reshape_moves_a_failed_over_shard_starts_new_ones_and_retires_moved_tag
     assert plan.retire == (B.tag,) and plan.start == (b,) and not plan.move
     # A failed with no replica promoted yet: its slots are served by nobody, its shard stays.
     assert not reshape(shards, Topology((B, C)))
+
+
+def test_a_primary_keeps_its_tag_while_it_owns_the_tag_s_slot() -> None:
+    assert choose_tags(Topology((A, B, C)), {}) == {"a": A.tag, "b": B.tag, "c": C.tag}
+    kept = {"a": A.tag, "b": B.tag, "c": C.tag}
+    # A new primary filled slot by slot keeps the tag chosen when it had one slot.
+    first = primary("n", 7004, (0, 0))
+    kept["n"] = choose_tags(Topology((first,)), kept)["n"]
+    assert kept["n"] == tag_for_slot(0)
+    a, filled = primary("a", 7001, (700, 5460)), primary("n", 7004, (0, 699))
+    assert choose_tags(Topology((a, filled, B, C)), kept)["n"] == tag_for_slot(0)
+    # A replica promoted by a failover takes the tag of the primary it replaced.
+    promoted = Primary("a2", ("10.0.0.9", 7009), A.slots, ())
+    assert choose_tags(Topology((promoted, B, C)), kept)["a2"] == A.tag
+    # C's highest slot moved to D: D takes C's tag (and the state in its slot), C another.
+    d, c = primary("d", 7005, (16000, 16383)), primary("c", 7003, (10923, 15999))
+    tags = choose_tags(Topology((A, B, c, d)), kept)
+    assert tags["d"] == C.tag and tags["c"] == tag_for_slot(15999)
 
 
 def test_seeds_are_asked_in_turn_for_the_topology() -> None:
