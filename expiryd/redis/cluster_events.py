@@ -11,6 +11,9 @@ key. In a cluster two things break that, and both would lose expiries:
   that exists on the node it names was moved, and so was one gone from there too whose
   deadline has passed (it expired there): its deadline is handed over to that node's
   shard instead. One that exists there neither, before its deadline, was deleted.
+  And on the node importing a slot, a script cannot read a key of that slot until the
+  slot is the node's: a TTL set there meanwhile (a MIGRATE's `restore`, or a producer's
+  SETEX sent there by ASK) is recorded again later (see `importing`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,18 @@ class ClusterEvents:
         if moved:
             self.ledger.hand_over_keys(sorted(moved))
         return [step for step in steps if not (step.op is Op.FORGET and step.key in moved)]
+
+    def importing(self, keys: list[bytes]) -> list[bytes]:
+        """Those of `keys`, whose record met a slot this node does not serve, that live
+        here all the same, in a slot this node is importing: the dispatcher records them
+        again until the slot is the node's. The others are served by another node, whose
+        shard heard of them."""
+        with self.node.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.execute_command("ASKING")
+                pipe.exists(key)
+            replies = pipe.execute(raise_on_error=False)
+        return [key for key, found in zip(keys, replies[1::2], strict=True) if found == 1]
 
     def _ask(self, keys: list[bytes]) -> tuple[bool, set[bytes]]:
         """Whether the node is a primary, and which of `keys` another node serves now. A

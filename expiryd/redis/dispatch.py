@@ -25,6 +25,7 @@ from expiryd.backoff import Backoff
 from expiryd.component import Component
 from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, display_key, get_logger
+from expiryd.redis.connections import CONNECTION_ERRORS
 from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.ledger import Applied, Ledger, Op, Step
 from expiryd.redis.listener import Event, Kind
@@ -46,6 +47,8 @@ STEPS = {
 
 FRESH_KEYS_LIMIT = 100_000
 """Keys remembered as found gone when recorded; far more than are ever in flight."""
+RECORD_AGAIN_SECONDS = 0.5
+RECORD_AGAIN_LIMIT = 100_000
 
 
 @dataclass
@@ -71,11 +74,15 @@ class Dispatcher(Component):
         wake_workers: Callable[[], None],
         beat: Beat = no_beat,
         vet: Callable[[list[Step]], list[Step]] | None = None,
+        importing: Callable[[list[bytes]], list[bytes]] | None = None,
     ) -> None:
         super().__init__(name="dispatcher", beat=beat)
         self.vet = vet
         """In a cluster: the steps of a window that the ledger may apply (see
         `cluster_events`)."""
+        self.importing = importing
+        """In a cluster: which keys whose record met a slot the node does not serve live
+        on it all the same, in a slot it is importing (see `cluster_events`)."""
         self.ledger = ledger
         self.markers = markers
         self.keys = keys
@@ -86,6 +93,8 @@ class Dispatcher(Component):
         self.pending: deque[Event] = deque()
         self._window: _Window | None = None
         self._fresh: dict[bytes, int] = {}
+        self._record_again: dict[bytes, float] = {}
+        """Keys in a slot the node is importing -> when to record them again."""
         self._deadline = 0.0
         self._backoff = Backoff.reconnecting(beat)
         self._log = get_logger()
@@ -128,6 +137,8 @@ class Dispatcher(Component):
         was nothing to do. On an error, what was not applied stays pending."""
         if len(self.pending) < defaults.WINDOW_EVENTS:
             self.pending.extend(self._take(0 if self.pending else timeout))
+        if self._record_again:
+            self.pending.extend(self._due_again())
         if not self.pending:
             return False
         try:
@@ -150,6 +161,48 @@ class Dispatcher(Component):
             except queue.Empty:
                 break
         return events
+
+    def _note(self, steps: list[Step], applied: Applied) -> tuple[bool, list[bytes]]:
+        """Remember the keys found gone when recorded; whether a job was queued, and the
+        keys whose record met a slot the node does not serve."""
+        if len(self._fresh) > FRESH_KEYS_LIMIT:
+            self._fresh.clear()
+        queued, elsewhere = False, []
+        for step, reply in zip(steps, applied.replies, strict=True):
+            if step.op is Op.RECORD:
+                if reply == -2:
+                    self._fresh[step.key] = applied.now_ms
+                elif reply == -3:
+                    elsewhere.append(step.key)
+                continue
+            self._fresh.pop(step.key, None)
+            if step.op is Op.CLAIM and reply == 0:
+                self._log.debug("expiry.duplicate", key=display_key(step.key))
+            elif step.op is Op.CLAIM:
+                queued = True
+        return queued, elsewhere
+
+    def _due_again(self) -> list[Event]:
+        """A record of each key whose time to be recorded again has come: a record reads
+        the key as it is then, so it may come after the key's later events."""
+        now = time.monotonic()
+        due = [key for key, at in self._record_again.items() if at <= now]
+        for key in due:
+            del self._record_again[key]
+        return [Event(Kind.EXPIRE, key) for key in due]
+
+    def _record_later(self, keys: list[bytes]) -> None:
+        assert self.importing is not None
+        try:
+            here = self.importing(keys)
+        except (redis.RedisError, *CONNECTION_ERRORS):  # asked again after the next try
+            here = keys
+        at = time.monotonic() + RECORD_AGAIN_SECONDS
+        for key in here:
+            if len(self._record_again) >= RECORD_AGAIN_LIMIT:
+                self._log.warning("ledger.record_dropped", key=display_key(key))
+                continue
+            self._record_again[key] = at
 
     def _failed(self, event: str, exc: Exception, exc_info: bool = False) -> None:
         self._log.warning(
@@ -211,24 +264,14 @@ class Dispatcher(Component):
             window.steps.append(Step(op, event.data))
 
     def _after(self, steps: list[Step], applied: Applied) -> None:
-        if len(self._fresh) > FRESH_KEYS_LIMIT:
-            self._fresh.clear()
-        queued = False
-        for step, reply in zip(steps, applied.replies, strict=True):
-            if step.op is Op.RECORD and reply == -2:
-                self._fresh[step.key] = applied.now_ms
-            elif step.op is not Op.RECORD:
-                self._fresh.pop(step.key, None)
-            if step.op is Op.CLAIM:
-                if reply == 0:
-                    self._log.debug("expiry.duplicate", key=display_key(step.key))
-                else:
-                    queued = True
+        queued, elsewhere = self._note(steps, applied)
         if applied.oversize_values:
             self._log.warning(
                 "ledger.value_not_captured",
                 keys=applied.oversize_values,
                 reason=f"value over max_value_bytes={self.ledger.max_value_bytes}",
             )
+        if elsewhere and self.importing is not None:
+            self._record_later(elsewhere)
         if queued:
             self.wake_workers()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -23,7 +24,7 @@ from expiryd.redis.connections import RedisTarget
 from expiryd.redis.dispatch import Dispatcher
 from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.keyspace import Keyspace
-from expiryd.redis.ledger import Ledger, Step
+from expiryd.redis.ledger import Ledger
 from expiryd.redis.listener import Listener
 from expiryd.redis.markers import Markers
 from expiryd.redis.nodes import Address
@@ -97,7 +98,7 @@ class Shard:
             report_unqueued=wiring.report_unqueued,
             wake_workers=wiring.wake_workers,
             beat=loops.beat_for(f"dispatcher{suffix}"),
-            vet=self._vet(scanned, ledger, wiring),
+            **self._vetted(scanned, ledger, wiring),
         )
         self.listener = Listener(
             target=target,
@@ -119,12 +120,12 @@ class Shard:
             component.name += suffix
 
     @staticmethod
-    def _vet(
-        scanned: redis.Redis | None, ledger: Ledger, wiring: Wiring
-    ) -> Callable[[list[Step]], list[Step]] | None:
+    def _vetted(scanned: redis.Redis | None, ledger: Ledger, wiring: Wiring) -> dict[str, Any]:
+        """In a cluster, what the dispatcher asks of the shard's node (see `ClusterEvents`)."""
         if scanned is None or wiring.connect is None:
-            return None
-        return ClusterEvents(scanned, ledger, wiring.connect).vet
+            return {}
+        events = ClusterEvents(scanned, ledger, wiring.connect)
+        return {"vet": events.vet, "importing": events.importing}
 
     def components(self) -> list[Component]:
         """The listening components, in the order to start them."""

@@ -14,8 +14,12 @@ from redis.crc import key_slot
 
 from expiryd.redis.cluster import ClusterSeeds, Primary
 from expiryd.redis.cluster_events import ClusterEvents
+from expiryd.redis.dispatch import Dispatcher
+from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.keyspace import Keyspace
 from expiryd.redis.ledger import Ledger, Op, Step
+from expiryd.redis.listener import Event, Kind
+from expiryd.redis.markers import Markers
 from tests.support.topology import ClusterSetup
 
 pytestmark = pytest.mark.topology
@@ -124,3 +128,45 @@ def test_a_node_that_cannot_say_keeps_the_window_for_later(cluster: ClusterSetup
     )
     with pytest.raises(redis.ConnectionError):
         events.vet([Step(Op.FORGET, moving.key)])
+
+
+def test_a_ttl_set_on_the_node_importing_its_slot_is_recorded_once_the_slot_is_its_own(
+    cluster: ClusterSetup,
+) -> None:
+    moving = Moving(cluster)
+    moving.start()
+    target = moving.nodes[moving.target.address]
+    try:
+        # A producer's SETEX sent to the importing node by ASK: that node publishes it.
+        with target.pipeline(transaction=False) as pipe:
+            pipe.execute_command("ASKING")
+            pipe.set(moving.key, "1", px=60_000)
+            pipe.execute()
+        ledger = moving.ledgers[moving.target.address]
+        events = ClusterEvents(target, ledger, moving.seeds.node_client)
+        dispatcher = Dispatcher(
+            ledger=ledger,
+            markers=Markers(),
+            keys=KeyFilter(b"t:", 512),
+            report_unqueued=lambda key, reason: None,
+            wake_workers=lambda: None,
+            vet=events.vet,
+            importing=events.importing,
+        )
+        assert dispatcher.hear(Event(Kind.EXPIRE, moving.key), 1)
+        dispatcher.work(burst=True)
+        assert moving.deadline_in(moving.target) is None  # its script cannot read it yet
+        on_source = moving.nodes[moving.source.address]
+        source = ClusterEvents(on_source, ledger, moving.seeds.node_client)
+        assert source.importing([moving.key]) == [], "the source does not hold it"
+
+        dispatcher.work(burst=True)
+        assert moving.deadline_in(moving.target) is None, "recorded again while importing"
+        moving.finish()
+        time.sleep(1.2)  # past two tries
+        dispatcher.work(burst=True)
+        assert moving.deadline_in(moving.target) is not None
+    finally:
+        moving.finish()
+        moving.client.delete(moving.key)
+        moving.client.close()
