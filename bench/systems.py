@@ -204,7 +204,8 @@ def _measure(
         return process.poll() is None
 
     wait_for_changes(shop.changed, scenario.orders, last_s + scenario.give_up_after_s, alive=alive)
-    cpu = _nodes_added_up(meter.stop())
+    spent = meter.stop()
+    cpu = _nodes_added_up(spent)
     if profiler:
         profiler.send_signal(signal.SIGINT)
         profiler.wait(60)
@@ -212,11 +213,23 @@ def _measure(
     name = "naive" if keyspaces is None else "expiryd"
     result = Result(name, scenario.name, scenario.orders, deadlines, shop.changes(), cpu)
     result.notes += notes
+    if on_cluster:
+        result.notes.append(_busiest_node(spent, scenario.orders))
     if process is not None:
         result.peak_rss_mb = max(peak_mb, peak_rss_mb(process.pid))
     if not on_cluster:
         result.commandstats = dict(client.info("commandstats"))
     return result
+
+
+def _busiest_node(cpu: dict[str, float], orders: int) -> str:
+    """The redis-server that spent the most CPU: what bounds a cluster's rate."""
+    nodes = {name: s for name, s in cpu.items() if name.startswith("redis-server ")}
+    name = max(nodes, key=nodes.__getitem__)
+    return (
+        f"busiest node {name}: {nodes[name] / orders * 1000:.3f} s CPU per 1,000 orders "
+        f"(all {len(nodes)} nodes {sum(nodes.values()) / orders * 1000:.3f} s)"
+    )
 
 
 def _nodes_added_up(cpu: dict[str, float]) -> dict[str, float]:
