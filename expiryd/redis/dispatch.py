@@ -198,11 +198,13 @@ class Dispatcher(Component):
         except (redis.RedisError, *CONNECTION_ERRORS):  # asked again after the next try
             here = keys
         at = time.monotonic() + RECORD_AGAIN_SECONDS
-        for key in here:
-            if len(self._record_again) >= RECORD_AGAIN_LIMIT:
-                self._log.warning("ledger.record_dropped", key=display_key(key))
-                continue
-            self._record_again[key] = at
+        room = max(0, RECORD_AGAIN_LIMIT - len(self._record_again))
+        self._record_again.update(dict.fromkeys(here[:room], at))
+        if len(here) > room:
+            dropped = here[room:]
+            self._log.warning(
+                "ledger.record_dropped", keys=len(dropped), first=display_key(dropped[0])
+            )
 
     def _failed(self, event: str, exc: Exception, exc_info: bool = False) -> None:
         self._log.warning(
