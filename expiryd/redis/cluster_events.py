@@ -8,35 +8,65 @@ key. In a cluster two things break that, and both would lose expiries:
   when the listener subscribes on the new primary (the cluster watch moves it there).
 - Resharding moves a key with `MIGRATE`, which deletes it here (`del`) and restores it on
   its new node (`restore`). A key this node no longer serves (it answers MOVED or ASK)
-  that exists on the node it names was moved, and so was one gone from there too whose
-  deadline has passed (it expired there): its deadline is handed over to that node's
-  shard instead. One that exists there neither, before its deadline, was deleted.
-  And on the node importing a slot, a script cannot read a key of that slot until the
-  slot is the node's: a TTL set there meanwhile (a MIGRATE's `restore`, or a producer's
-  SETEX sent there by ASK) is recorded again later (see `importing`).
+  that exists on the node it names was moved: its deadline is handed over at once to the
+  shard of that node, whose events (a DEL included) are about the key from then on. A
+  node that has no shard yet (it is importing its first slot) gets it once it has one:
+  the key is *parked* meanwhile, and looked at again every second. A key gone from its
+  new node too whose deadline has passed moved, then expired there: its deadline goes
+  over for recovery. One gone from both before its deadline was deleted.
+And on the node importing a slot, a script cannot read a key of that slot until the slot
+is the node's: a TTL set there meanwhile (a MIGRATE's `restore`, or a producer's SETEX
+sent there by ASK) is recorded again later (see `importing`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import redis
 from redis.exceptions import AskError, MovedError
 
 from expiryd.logs import describe_error, get_logger
+from expiryd.redis.keyspace import Keyspace
 from expiryd.redis.ledger import Ledger, Op, Step
 from expiryd.redis.nodes import Address
+
+TEND_SECONDS = 1.0
+PARKED_LIMIT = 100_000
+"""Keys parked at most; more are left to the sweep, which hands each over at its deadline."""
+
+
+@dataclass
+class Placed:
+    """Where keys this node no longer serves are now."""
+
+    living: dict[bytes, Address] = field(default_factory=dict)
+    """Those that exist on the node their redirect names: moved there."""
+    over: set[bytes] = field(default_factory=set)
+    """Those gone from there too whose deadline has passed: moved, then expired there."""
+    deleted: set[bytes] = field(default_factory=set)
+    """Those gone from both before their deadline."""
 
 
 class ClusterEvents:
     def __init__(
-        self, node: redis.Redis, ledger: Ledger, connect: Callable[[Address], redis.Redis]
+        self,
+        node: redis.Redis,
+        ledger: Ledger,
+        connect: Callable[[Address], redis.Redis],
+        shard_at: Callable[[Address], Keyspace | None],
     ) -> None:
         self.node = node
         """A client of the node the shard's listener is on, that does not follow MOVED."""
         self.ledger = ledger
         self.connect = connect
         """A client of another node, to ask whether a key lives there now."""
+        self.shard_at = shard_at
+        """The keyspace of the shard of the primary at an address, if it has one."""
+        self._parked: dict[bytes, None] = {}
+        self._tended = 0.0
         self._on_replica = False
         self._unchecked = False
         self._log = get_logger()
@@ -45,16 +75,37 @@ class ClusterEvents:
         forgets = [step.key for step in steps if step.op is Op.FORGET]
         if not forgets:
             return steps
-        primary, moved = self._ask(forgets)
+        primary, placed = self._ask(forgets)
         if not primary:
             if not self._on_replica:  # once, until the cluster watch moves this shard
                 self._on_replica = True
                 self._log.warning("events.from_replica", forgets_dropped=len(forgets))
             return [step for step in steps if step.op is not Op.FORGET]
         self._on_replica = False
-        if moved:
-            self.ledger.hand_over_keys(sorted(moved))
+        self._hand_over(placed)
+        moved = {*placed.living, *placed.over}
         return [step for step in steps if not (step.op is Op.FORGET and step.key in moved)]
+
+    def tend(self) -> None:
+        """Every second: hand over the deadlines of parked keys whose node has a shard
+        now, and forget those deleted meanwhile. Never raises: a key stays parked until
+        it can be looked at."""
+        now = time.monotonic()
+        if not self._parked or now - self._tended < TEND_SECONDS:
+            return
+        self._tended = now
+        keys = list(self._parked)[:1000]
+        try:
+            primary, placed = self._ask(keys)
+            if not primary:
+                return
+            for key in keys:
+                del self._parked[key]
+            self._hand_over(placed)
+            if placed.deleted:
+                self.ledger.apply([Step(Op.FORGET, key) for key in sorted(placed.deleted)])
+        except Exception as exc:  # parked keys wait; the dispatcher must go on
+            self._log.warning("cluster.handover_failed", error=describe_error(exc))
 
     def importing(self, keys: list[bytes]) -> list[bytes]:
         """Those of `keys`, whose record met a slot this node does not serve, that live
@@ -68,10 +119,21 @@ class ClusterEvents:
             replies = pipe.execute(raise_on_error=False)
         return [key for key, found in zip(keys, replies[1::2], strict=True) if found == 1]
 
-    def _ask(self, keys: list[bytes]) -> tuple[bool, set[bytes]]:
-        """Whether the node is a primary, and which of `keys` another node serves now. A
-        node that cannot say raises (the window waits, and is tried again), except for a
-        Redis user that may not run ROLE: it is taken at its word, and told once."""
+    def _hand_over(self, placed: Placed) -> None:
+        """Moved keys' deadlines to the shard of the node they live on; those whose node
+        has no shard yet are parked. Expired ones to the shard serving their slot."""
+        shards = {key: self.shard_at(address) for key, address in placed.living.items()}
+        ready = sorted(key for key, shard in shards.items() if shard is not None)
+        self.ledger.hand_over_keys(ready, to=shards.get)
+        waiting = [key for key, shard in shards.items() if shard is None]
+        room = max(0, PARKED_LIMIT - len(self._parked))
+        self._parked.update(dict.fromkeys(waiting[:room]))
+        self.ledger.hand_over_keys(sorted(placed.over))
+
+    def _ask(self, keys: list[bytes]) -> tuple[bool, Placed]:
+        """Whether the node is a primary, and where those of `keys` it no longer serves
+        are. A node that cannot say raises (the window waits, and is tried again), except
+        for a Redis user that may not run ROLE: it is taken at its word, and told once."""
         with self.node.pipeline(transaction=False) as pipe:
             pipe.execute_command("ROLE")
             for key in keys:
@@ -84,12 +146,12 @@ class ClusterEvents:
         elif isinstance(role, Exception):
             raise role
         elif role[0] != b"master":
-            return False, set()
-        redirected = [
-            (k, r) for k, r in zip(keys, found, strict=True) if isinstance(r, MovedError | AskError)
-        ]
+            return False, Placed()
+        redirected = [(k, r) for k, r in zip(keys, found, strict=True) if isinstance(r, AskError)]
         living = self._living_elsewhere(redirected)
-        return True, living | self._over([k for k, _ in redirected if k not in living])
+        rest = [k for k, _ in redirected if k not in living]
+        over = self._over(rest)
+        return True, Placed(living, over, set(rest) - over)
 
     def _over(self, keys: list[bytes]) -> set[bytes]:
         """Those of `keys`, gone from their new node too, whose deadline has passed: they
@@ -105,15 +167,16 @@ class ClusterEvents:
 
     def _living_elsewhere(
         self, redirected: list[tuple[bytes, MovedError | AskError]]
-    ) -> set[bytes]:
-        """Those keys that exist on the node their redirect names: moved there. One that
-        exists there neither was deleted (a DEL while its slot was migrating), and is
-        forgotten as any other."""
+    ) -> dict[bytes, Address]:
+        """Those keys that exist on the node their redirect names, with that node. One
+        that exists there neither (that node redirects too: a DEL sent to the node
+        importing it) was deleted, and is forgotten as any other."""
         by_node: dict[Address, list[tuple[bytes, bool]]] = {}
         for key, redirect in redirected:
-            importing = isinstance(redirect, AskError)  # its slot is still being moved there
+            # In redis-py a MOVED is an ASK too; only an ASK says the slot is on its way.
+            importing = not isinstance(redirect, MovedError)
             by_node.setdefault(redirect.node_addr, []).append((key, importing))
-        living: set[bytes] = set()
+        living: dict[bytes, Address] = {}
         for address, asked in by_node.items():
             client = self.connect(address)
             try:
@@ -122,12 +185,12 @@ class ClusterEvents:
                         if importing:
                             pipe.execute_command("ASKING")
                         pipe.exists(key)
-                    replies = iter(pipe.execute())
+                    replies = iter(pipe.execute(raise_on_error=False))
                 for key, importing in asked:
                     if importing:
                         next(replies)
-                    if next(replies):
-                        living.add(key)
+                    if next(replies) == 1:
+                        living[key] = address
             finally:
                 client.close()
         return living

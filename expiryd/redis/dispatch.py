@@ -25,6 +25,7 @@ from expiryd.backoff import Backoff
 from expiryd.component import Component
 from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, display_key, get_logger
+from expiryd.redis.cluster_events import ClusterEvents
 from expiryd.redis.connections import CONNECTION_ERRORS
 from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.ledger import Applied, Ledger, Op, Step
@@ -35,13 +36,14 @@ STEPS = {
     Kind.EXPIRED: Op.CLAIM,
     Kind.EXPIRE: Op.RECORD,
     Kind.RENAME_TO: Op.RECORD,
-    Kind.RESTORE: Op.RECORD,
+    Kind.RESTORE: Op.RECORD_MOVED,
     Kind.COPY_TO: Op.RECORD,
     Kind.MOVE_TO: Op.RECORD,
     Kind.DEL: Op.FORGET,
     Kind.PERSIST: Op.FORGET,
     Kind.RENAME_FROM: Op.FORGET,
     Kind.MOVE_FROM: Op.FORGET,
+    Kind.RECORD_AGAIN: Op.RECORD_MOVED,
 }
 """What each kind of event does to the ledger (markers aside)."""
 
@@ -73,16 +75,13 @@ class Dispatcher(Component):
         report_unqueued: Callable[[bytes, str], None],
         wake_workers: Callable[[], None],
         beat: Beat = no_beat,
-        vet: Callable[[list[Step]], list[Step]] | None = None,
-        importing: Callable[[list[bytes]], list[bytes]] | None = None,
+        cluster: ClusterEvents | None = None,
     ) -> None:
         super().__init__(name="dispatcher", beat=beat)
-        self.vet = vet
-        """In a cluster: the steps of a window that the ledger may apply (see
+        self.cluster = cluster
+        """In a cluster: which steps of a window the ledger may apply, which keys to
+        record again, and the deadlines of moved keys to hand over (see
         `cluster_events`)."""
-        self.importing = importing
-        """In a cluster: which keys whose record met a slot the node does not serve live
-        on it all the same, in a slot it is importing (see `cluster_events`)."""
         self.ledger = ledger
         self.markers = markers
         self.keys = keys
@@ -139,6 +138,8 @@ class Dispatcher(Component):
             self.pending.extend(self._take(0 if self.pending else timeout))
         if self._record_again:
             self.pending.extend(self._due_again())
+        if self.cluster is not None:
+            self.cluster.tend()
         if not self.pending:
             return False
         try:
@@ -169,8 +170,8 @@ class Dispatcher(Component):
             self._fresh.clear()
         queued, elsewhere = False, []
         for step, reply in zip(steps, applied.replies, strict=True):
-            if step.op is Op.RECORD:
-                if reply == -2:
+            if step.op in (Op.RECORD, Op.RECORD_MOVED):
+                if reply == -2 and step.op is Op.RECORD:
                     self._fresh[step.key] = applied.now_ms
                 elif reply == -3:
                     elsewhere.append(step.key)
@@ -183,18 +184,19 @@ class Dispatcher(Component):
         return queued, elsewhere
 
     def _due_again(self) -> list[Event]:
-        """A record of each key whose time to be recorded again has come: a record reads
-        the key as it is then, so it may come after the key's later events."""
+        """A record of each key whose time to be recorded again has come. It reads the
+        key as it is then, so it may come after the key's later events; it changes nothing
+        for a key gone or without a TTL, which its own events (heard) took care of."""
         now = time.monotonic()
         due = [key for key, at in self._record_again.items() if at <= now]
         for key in due:
             del self._record_again[key]
-        return [Event(Kind.EXPIRE, key) for key in due]
+        return [Event(Kind.RECORD_AGAIN, key) for key in due]
 
     def _record_later(self, keys: list[bytes]) -> None:
-        assert self.importing is not None
+        assert self.cluster is not None
         try:
-            here = self.importing(keys)
+            here = self.cluster.importing(keys)
         except (redis.RedisError, *CONNECTION_ERRORS):  # asked again after the next try
             here = keys
         at = time.monotonic() + RECORD_AGAIN_SECONDS
@@ -226,7 +228,7 @@ class Dispatcher(Component):
             window = self._window or self._build()
             self._window = window
             if not window.applied:
-                steps = self.vet(window.steps) if self.vet else window.steps
+                steps = self.cluster.vet(window.steps) if self.cluster else window.steps
                 if steps:
                     self._after(steps, self.ledger.apply(steps))
                 window.applied = True
@@ -273,7 +275,7 @@ class Dispatcher(Component):
                 keys=applied.oversize_values,
                 reason=f"value over max_value_bytes={self.ledger.max_value_bytes}",
             )
-        if elsewhere and self.importing is not None:
+        if elsewhere and self.cluster is not None:
             self._record_later(elsewhere)
         if queued:
             self.wake_workers()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -35,9 +35,17 @@ from expiryd.redis import lua
 from expiryd.redis.keyfilter import KeyFilter
 from expiryd.redis.keyspace import Keyspace
 
+SKEW_MS = 2000
+"""How far apart two nodes' clocks may be: a key whose deadline is nearer may have expired
+on its node already."""
+
 
 class Op(enum.StrEnum):
     RECORD = "r"
+    RECORD_MOVED = "m"
+    """A key that arrived with its TTL (a `restore`: moved from another node, the same
+    incarnation), or whose record is tried again (see `cluster_events`): its deadline is
+    recorded if it has one, and nothing else is inferred."""
     FORGET = "f"
     CLAIM = "c"
 
@@ -80,6 +88,9 @@ class SweepResult:
     gone: int
     marker_ms: int | None = None
     """The time of the marker the sweep published, if it published one."""
+    elsewhere: list[bytes] = field(default_factory=list)
+    """Due keys served elsewhere now: to hand over once the marker is heard (see
+    `lua/ledger_sweep.lua`)."""
 
 
 class Ledger:
@@ -111,6 +122,7 @@ class Ledger:
         self._reconcile = lua.register(client, "ledger_reconcile", *lua.ENQUEUE)
         self._sweep = lua.register(client, "ledger_sweep", "clock", "here")
         self._forget_deleted = lua.register(client, "ledger_forget_deleted", "clock", "here")
+        self._hand_in = lua.register(client, "ledger_hand_in")
 
     def apply(self, steps: Sequence[Step]) -> Applied:
         """Apply the steps in order, in one round trip."""
@@ -145,8 +157,7 @@ class Ledger:
             keys=[ks.deadlines, ks.gone, ks.gone_deadlines, ks.values],
             args=[limit, ks.sweep_channel, marker_prefix],
         )
-        self.hand_over_keys(elsewhere)
-        return SweepResult(int(due), int(gone), int(marker) or None)
+        return SweepResult(int(due), int(gone), int(marker) or None, list(elsewhere))
 
     def forget_deleted(self, beat: Beat = no_beat, limit: int = defaults.SWEEP_LIMIT) -> int:
         """Forget every incarnation whose key left before its deadline without an event
@@ -170,15 +181,18 @@ class Ledger:
             self.client.zcard(self.keyspace.gone)
         )
 
-    def hand_over_keys(self, keys: Sequence[bytes]) -> int:
-        """Hand these keys' deadlines over to the shards `elsewhere` names (see `__init__`);
-        the number moved."""
-        if not keys or self.elsewhere is None:
+    def hand_over_keys(
+        self, keys: Sequence[bytes], to: Callable[[bytes], Keyspace | None] | None = None
+    ) -> int:
+        """Hand these keys' deadlines over to the shards `to` names (by default those
+        `elsewhere` names, see `__init__`); the number taken out of this ledger."""
+        to = to or self.elsewhere
+        if not keys or to is None:
             return 0
         ks = self.keyspace
         scores = self.client.zmscore(ks.deadlines, list(keys))  # type: ignore[arg-type]
         entries = [(k, s) for k, s in zip(keys, scores, strict=True) if s is not None]
-        return len(self._hand_over(entries, self.elsewhere, gone=False))
+        return len(self._hand_over(entries, to, gone=False))
 
     def hand_over(self, to: Callable[[bytes], Keyspace | None], page: int = 1000) -> int:
         """Move every deadline, and every incarnation found gone, to the ledger `to` names
@@ -206,29 +220,50 @@ class Ledger:
         self, entries: list[tuple[bytes, float]], to: Callable[[bytes], Keyspace | None], gone: bool
     ) -> list[bytes]:
         """Copy the entries to their new ledgers, then take them out of this one; the keys
-        handed over (not those `to` has no other ledger for)."""
+        taken out (not those `to` has no other ledger for). A new ledger that knows the
+        key already keeps what it knows (see `lua/ledger_hand_in.lua`). A deadline still
+        to come whose key exists nowhere was deleted (its `del` heard where the entry was
+        not): it is dropped, not handed over, since its new shard would take it for
+        expired."""
         ks = self.keyspace
         kept = ks.gone_deadlines if gone else ks.values
-        found: list[bytes | None] = self.client.hmget(kept, [key for key, _ in entries])  # type: ignore[assignment]
-        handed = []
-        with self.client.pipeline(transaction=False) as pipe:
-            for (key, score), extra in zip(entries, found, strict=True):
-                other = to(key)
-                if other is None or other == ks or (gone and extra is None):
-                    continue
-                if not gone:
-                    pipe.zadd(other.deadlines, {key: score}, nx=True)
-                    if extra is not None:
-                        pipe.hsetnx(other.values, key, extra)
-                else:
-                    pipe.zadd(other.gone, {key: score}, nx=True)
-                    pipe.hsetnx(other.gone_deadlines, key, extra)  # type: ignore[arg-type]
-                handed.append(key)
-            pipe.execute()
+        deleted = set() if gone else self._deleted(entries)
+        entries = [(key, score) for key, score in entries if key not in deleted]
+        found: list[bytes | None] = (
+            self.client.hmget(kept, [key for key, _ in entries]) if entries else []  # type: ignore[assignment]
+        )
+        handed = list(deleted)
+        by_ledger: dict[Keyspace, list[bytes | str | float]] = {}
+        for (key, score), extra in zip(entries, found, strict=True):
+            other = to(key)
+            if other is None or other == ks or (gone and extra is None):
+                continue
+            by_ledger.setdefault(other, []).extend((key, _ms(score), extra or ""))
+            handed.append(key)
+        for other, triples in by_ledger.items():
+            into = [other.gone, other.gone_deadlines] if gone else [other.deadlines, other.values]
+            self._hand_in(
+                keys=[*into, other.claimed, other.gone],
+                args=["gone" if gone else "deadlines", *triples],
+            )
         if handed:
             self.client.zrem(ks.gone if gone else ks.deadlines, *handed)
             self.client.hdel(kept, *handed)
         return handed
+
+    def _deleted(self, entries: list[tuple[bytes, float]]) -> set[bytes]:
+        """Those of the entries whose deadline is more than `SKEW_MS` away and whose key
+        exists on no node (the cluster client follows a slot being moved)."""
+        seconds, micros = self.client.time()
+        soon = seconds * 1000 + micros // 1000 + SKEW_MS
+        ahead = [key for key, score in entries if score > soon]
+        if not ahead:
+            return set()
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in ahead:
+                pipe.exists(key)
+            found = pipe.execute(raise_on_error=False)
+        return {key for key, there in zip(ahead, found, strict=True) if there == 0}
 
     def scan(self, keys: KeyFilter, beat: Beat = no_beat, count: int = defaults.SCAN_COUNT) -> int:
         """Record every key of the watched DB that has a TTL and that `keys` watches; the
@@ -238,6 +273,10 @@ class Ledger:
             beat()
             recorded += self.record([k for k in batch if keys.watches(k)])
         return recorded
+
+
+def _ms(score: float) -> str:
+    return f"{score:.0f}"
 
 
 def _reply(reply: bytes | int) -> int | str:

@@ -73,6 +73,8 @@ class Kind(enum.Enum):
     MOVE_FROM = "move_from"
     MOVE_TO = "move_to"
     MARKER = "marker"
+    RECORD_AGAIN = "record_again"
+    """Not heard: a record the dispatcher tries again (see `cluster_events`)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class Listener(Component):
         self._kinds: dict[bytes, Kind] = {
             target.keyevent_channel(kind.value).encode(): kind
             for kind in Kind
-            if kind is not Kind.MARKER
+            if kind not in (Kind.MARKER, Kind.RECORD_AGAIN)
         }
         self._kinds[keyspace.sweep_channel.encode()] = Kind.MARKER
         self._confirmed = 0

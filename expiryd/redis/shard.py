@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
@@ -47,6 +46,8 @@ class Wiring:
     """In a cluster: the keyspace of the shard that serves a key now (see `Ledger`)."""
     connect: Callable[[Address], redis.Redis] | None = None
     """In a cluster: a client of one node (see `ClusterEvents`)."""
+    shard_at: Callable[[Address], Keyspace | None] | None = None
+    """In a cluster: the keyspace of the shard of the primary at an address."""
 
 
 class Shard:
@@ -98,7 +99,7 @@ class Shard:
             report_unqueued=wiring.report_unqueued,
             wake_workers=wiring.wake_workers,
             beat=loops.beat_for(f"dispatcher{suffix}"),
-            **self._vetted(scanned, ledger, wiring),
+            cluster=self._cluster_events(scanned, ledger, wiring),
         )
         self.listener = Listener(
             target=target,
@@ -120,12 +121,12 @@ class Shard:
             component.name += suffix
 
     @staticmethod
-    def _vetted(scanned: redis.Redis | None, ledger: Ledger, wiring: Wiring) -> dict[str, Any]:
-        """In a cluster, what the dispatcher asks of the shard's node (see `ClusterEvents`)."""
-        if scanned is None or wiring.connect is None:
-            return {}
-        events = ClusterEvents(scanned, ledger, wiring.connect)
-        return {"vet": events.vet, "importing": events.importing}
+    def _cluster_events(
+        scanned: redis.Redis | None, ledger: Ledger, wiring: Wiring
+    ) -> ClusterEvents | None:
+        if scanned is None or wiring.connect is None or wiring.shard_at is None:
+            return None
+        return ClusterEvents(scanned, ledger, wiring.connect, wiring.shard_at)
 
     def components(self) -> list[Component]:
         """The listening components, in the order to start them."""

@@ -16,6 +16,7 @@ import redis
 
 from expiryd.redis import lua
 from expiryd.redis.cluster import Topology, choose_tags
+from expiryd.redis.connections import CONNECTION_ERRORS
 from expiryd.redis.keyspace import Keyspace
 
 
@@ -24,6 +25,7 @@ class ShardTags:
         self.client = client
         self.key = keyspace.shard_nodes
         self._claim = lua.register(client, "tag_claim")
+        self._agreed: dict[str, str] | None = None
 
     def kept(self) -> dict[str, str]:
         found: dict[bytes, bytes] = self.client.hgetall(self.key)  # type: ignore[assignment]
@@ -32,7 +34,13 @@ class ShardTags:
     def assign(self, read: Callable[[], Topology]) -> Topology:
         """The topology `read` gives, with the tag every daemon uses for each primary."""
         topology = read()
-        kept = self.kept()
+        try:
+            kept = self.kept()
+        except (redis.RedisError, *CONNECTION_ERRORS):
+            if self._agreed is None:
+                raise
+            # The primary of this hash is failing over: the tags agreed last, meanwhile.
+            return topology.tagged(choose_tags(topology, self._agreed))
         chosen = choose_tags(topology, kept)
         if any(kept.get(node, tag) != tag for node, tag in chosen.items()):
             topology = read()
@@ -42,6 +50,7 @@ class ShardTags:
             if tag != was:
                 now = self._claim(keys=[self.key], args=[node, was, tag])
                 chosen[node] = now.decode() if isinstance(now, bytes) else str(now)
+        self._agreed = kept | chosen
         return topology.tagged(chosen)
 
     def read(self, topology: Topology) -> Topology:

@@ -68,6 +68,7 @@ class Shards:
             self.all = [self._shard(target, Keyspace(prefix, target.db))]
         else:
             wiring.elsewhere = self.keyspace_of
+            wiring.shard_at = self.keyspace_at
             wiring.connect = target.node_client
             topology = self.topology()
             self.all = [self._on(primary) for primary in topology.primaries]
@@ -121,12 +122,22 @@ class Shards:
     def keyspace_of(self, key: bytes) -> Keyspace | None:
         """The keyspace of the shard of the primary serving `key` now, from a topology
         at most `TOPOLOGY_SECONDS` old: asked when resharding moved a key."""
-        assert self.target.cluster is not None
+        return self._keyspace(self._recent().owner(key_slot(key)))
+
+    def keyspace_at(self, address: Address) -> Keyspace | None:
+        """The keyspace of the shard of the primary at `address` (one importing a slot
+        that a key moved to), if it is a primary with slots."""
+        primaries = self._recent().primaries
+        return self._keyspace(next((p for p in primaries if p.address == address), None))
+
+    def _recent(self) -> Topology:
         now = time.monotonic()
         if self._topology is None or now - self._topology[0] > TOPOLOGY_SECONDS:
             known = self._topology[1].nodes if self._topology else ()
             self._topology = (now, self.topology(also=known))
-        owner = self._topology[1].owner(key_slot(key))
+        return self._topology[1]
+
+    def _keyspace(self, owner: Primary | None) -> Keyspace | None:
         if owner is None:
             return None
         if owner.tag not in self._registered:

@@ -23,7 +23,7 @@ from expiryd.liveness import Beat, no_beat
 from expiryd.logs import describe_error, get_logger
 from expiryd.redis.connections import CONNECTION_ERRORS
 from expiryd.redis.keyfilter import KeyFilter
-from expiryd.redis.ledger import Ledger
+from expiryd.redis.ledger import Ledger, SweepResult
 from expiryd.redis.markers import Markers
 
 
@@ -60,7 +60,7 @@ class Sweeper(Component):
             if not self.subscribed.wait(0.1):
                 continue
             try:
-                busy, marker_ms = self._step()
+                result = self._step()
                 self._backoff.reset()
             except _Stopped:
                 return
@@ -70,10 +70,19 @@ class Sweeper(Component):
             except Exception as exc:  # a bug or a Redis refusal must not stop the clock
                 self._back_off("sweeper.crashed", exc, exc_info=True)
                 continue
-            if marker_ms is not None:
-                self._await_marker(marker_ms)
-            if not busy:
+            if result.marker_ms is not None:
+                self._await_marker(result.marker_ms)
+            if result.elsewhere:
+                self._hand_over(result.elsewhere)
+            if result.due < defaults.SWEEP_LIMIT:
                 self.halt.wait(defaults.SWEEP_INTERVAL_SECONDS)
+
+    def _hand_over(self, keys: list[bytes]) -> None:
+        """Those of `keys` still in the ledger: none of this node's events claimed them."""
+        try:
+            self.ledger.hand_over_keys(keys)
+        except Exception as exc:  # they are met again by the next sweep
+            self._back_off("cluster.handover_failed", exc)
 
     def _await_marker(self, marker_ms: int) -> None:
         """Until the listener heard the marker, lost its connection (the marker with it),
@@ -84,14 +93,12 @@ class Sweeper(Component):
             if self.markers.wait(marker_ms, 0.1) or time.monotonic() >= deadline:
                 return
 
-    def _step(self) -> tuple[bool, int | None]:
-        """One sweep (after a scan when one is due): whether more keys were due than one
-        sweep looks at, and the time of the marker it sent, if any."""
+    def _step(self) -> SweepResult:
+        """One sweep, after a scan when one is due."""
         if self._resync.is_set():
             self._resync.clear()
             self._scan()
-        result = self.ledger.sweep(self.markers.prefix)
-        return result.due >= defaults.SWEEP_LIMIT, result.marker_ms
+        return self.ledger.sweep(self.markers.prefix)
 
     def _scan(self) -> None:
         started = time.perf_counter()

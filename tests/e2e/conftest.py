@@ -140,6 +140,19 @@ def wait_audited(daemon: DaemonProcess, url: str, count: int, timeout: float = 6
     daemon.wait_for(lambda: len(audit(url)) >= count, timeout, f"{count} orders cancelled")
 
 
+def assert_handled_once(daemons: list[DaemonProcess], numbers: list[str]) -> None:
+    """Each order's expiry queued under one id by all of `daemons`: a second id for it
+    fails this, even where the orders' status guard turned its job into `skipped`. (A job
+    run again under the same id, by a retry or after a lapsed lease, is the inbox's.)"""
+    ids: dict[str, set[str]] = {key: set() for key in keys(numbers)}
+    for daemon in daemons:
+        for line in daemon.handled():
+            ids.setdefault(line["key"], set()).add(line["expiry_id"])
+    twice = sorted(key for key, seen in ids.items() if len(seen) > 1)
+    never = sorted(key for key, seen in ids.items() if not seen)
+    assert twice == [] and never == [], f"two ids: {len(twice)} {twice[:5]}; never: {never[:5]}"
+
+
 def assert_each_once(url: str, numbers: list[str]) -> None:
     changed = Counter(audit(url))
     assert sorted(changed) == sorted(numbers)

@@ -15,6 +15,7 @@ from redis.crc import key_slot
 
 from tests.e2e.conftest import (
     assert_each_once,
+    assert_handled_once,
     cancel_spread,
     keys,
     orders,
@@ -78,6 +79,7 @@ def test_every_shard_s_orders_are_cancelled_once_across_a_failover_mid_burst(
     cancel_spread(cluster.client(), soon, 2000, 500)
     wait_audited(daemon, mysql_url, len(first) + len(soon), timeout=120)
     assert_each_once(mysql_url, first + soon)
+    assert_handled_once([daemon], first + soon)
     heard = [line for line in daemon.handled() if line["key"] in keys(soon)]
     assert heard and {line["source"] for line in heard} <= {"event", "nudge"}, "recovered late"
     assert len(promoted.client(0).client_list(_type="pubsub")) >= 1
@@ -98,6 +100,7 @@ def test_keys_on_slots_moved_to_a_new_primary_while_running_are_handled_once_by_
     assert moved, "no key moved"
     wait_audited(one, mysql_url, len(numbers), timeout=120)
     assert_each_once(mysql_url, numbers)
+    assert_handled_once([one, two], numbers)
     for daemon in (one, two):
         reshaped = daemon.events("cluster.reshaped")
         assert [name for line in reshaped for name in line["added"]], "new primary unseen"
@@ -116,6 +119,7 @@ def test_two_daemons_on_one_cluster_handle_each_expiry_once(
     cancel_spread(cluster.client(), numbers, 1000, 3000)
     wait_audited(one, mysql_url, len(numbers))
     assert_each_once(mysql_url, numbers)
+    assert_handled_once([one, two], numbers)
     assert one.handled() and two.handled(), "one daemon did all the work"
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.conftest import (
     assert_each_once,
+    assert_handled_once,
     assert_queue_settled,
     cancel_spread,
     keys,
@@ -80,6 +81,7 @@ def test_a_failover_mid_burst_cancels_every_order_once_and_two_daemons_follow_th
         assert len(each.events("redis.primary_changed")) >= 2
         assert each.events("expiry.dead") == []
     assert daemon.handled() and other.handled(), "one daemon did all the work"
+    assert_handled_once([daemon, other], first + soon + second)
     assert_queue_settled(sentinel, daemons)  # type: ignore[arg-type]
 
 

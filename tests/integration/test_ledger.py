@@ -9,6 +9,7 @@ import redis
 
 from expiryd.expiry import Source
 from expiryd.redis.keyfilter import KeyFilter
+from expiryd.redis.keyspace import Keyspace
 from expiryd.redis.ledger import Ledger, Op, Step
 from expiryd.redis.queue import Job
 from tests.integration.conftest import KEYSPACE
@@ -154,6 +155,41 @@ def test_an_incarnation_over_before_it_was_recorded_is_not_taken_for_a_duplicate
     assert claim(ledger, b"k", fresh_ms=recorded.now_ms)[0] is not None
     assert claim(ledger, b"k", fresh_ms=recorded.now_ms) == [None]  # the same one again
     assert client.zcard(KEYSPACE.ready) == 4
+
+
+def test_a_record_tried_again_on_a_key_gone_changes_nothing_and_counts_no_claim(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    """Another daemon claimed the expiry (no deadline was recorded: its slot was being
+    imported); this one's record tried again finds the key gone, in the same window as
+    its own copy of the event: that copy is the same expiry, not a new one."""
+    assert claim(ledger, b"k")[0] is not None
+    applied = ledger.apply([Step(Op.RECORD_MOVED, b"k"), Step(Op.CLAIM, b"k")])
+    assert applied.replies == [0, 0]
+    client.set("k", "v", ex=100)
+    assert ledger.apply([Step(Op.RECORD_MOVED, b"k")]).replies == [1]
+    assert deadline_of(client, "k") is not None
+    client.persist("k")
+    assert ledger.apply([Step(Op.RECORD_MOVED, b"k")]).replies == [0]
+    assert deadline_of(client, "k") is not None, "left to the persist's own event"
+    assert client.zcard(KEYSPACE.ready) == 1
+
+
+def test_a_hand_over_leaves_what_the_new_ledger_knows_of_a_key_as_it_is(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    """A moved key's deadline on its new node may differ by a ms (MIGRATE carries the
+    TTL): what the new ledger knows wins, or one expiry would get two ids."""
+    other = Keyspace("other:", 0)
+    past = now_ms(client) - 5000
+    client.zadd(KEYSPACE.deadlines, {"claimed-there": past, "gone-there": past, "new": past})
+    client.zadd(other.claimed, {"claimed-there": past + 10})  # heard there, no deadline
+    client.zadd(other.gone, {"gone-there": past + 20})
+    client.hset(other.gone_deadlines, "gone-there", past + 1)
+    assert ledger.hand_over(lambda key: other) == 3
+    assert client.zcard(KEYSPACE.deadlines) == 0
+    assert client.zrange(other.deadlines, 0, -1) == [b"new"]
+    assert client.hget(other.gone_deadlines, "gone-there") == str(past + 1).encode()
 
 
 def test_a_key_found_gone_in_the_markers_own_ms_waits_for_the_next_marker(

@@ -1,14 +1,19 @@
 -- A window of keyspace events, applied in the order Redis published them.
 -- KEYS: deadlines, gone, gone_deadlines, values, claimed, ready, jobs
 -- ARGV: capture ('1'/'0'), max value bytes, keep claims ms, then the events:
---   'r', key                  record: the key got a TTL (expire, rename_to, restore, ...)
+--   'r', key                  record: the key got a TTL (expire, rename_to, ...)
+--   'm', key                  record moved: the key arrived with its TTL (restore: the
+--                             same incarnation, from another node), or its record is
+--                             tried again (a slot being imported). Nothing when it is
+--                             gone or has no TTL: its own events take care of that.
 --   'f', key                  forget: the key left without expiring (del, persist, ...)
 --   'c', key, fresh_ms, id    claim: the key expired. fresh_ms (or '') is when this daemon
 --                             found a newer incarnation already over; id is a random id
 --                             for an expiry whose deadline nobody recorded.
 -- Returns {now, oversize values, one reply per event}: record 1 (recorded), 0 (no TTL),
--- -2 (already gone) or -3 (served elsewhere now: its new node records it); forget 0;
--- claim the job id, or 0 when it was claimed before.
+-- -2 (already gone) or -3 (a slot this node does not serve, or imports: see
+-- cluster_events); record moved 1, 0 or -3; forget 0; claim the job id, or 0 when it was
+-- claimed before.
 local deadlines, gone, gone_deadlines, values, claimed = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local q = {ready = KEYS[6], jobs = KEYS[7]}
 local capture, max_value = ARGV[1] == '1', tonumber(ARGV[2])
@@ -60,6 +65,15 @@ local function record(key)
   return -2
 end
 
+local function record_moved(key)
+  local at = expiretime_here(key)
+  if at == nil then return -3 end
+  if at < 0 then return 0 end
+  redis.call('ZADD', deadlines, at, key)
+  if capture then capture_value(key) end
+  return 1
+end
+
 local function forget(key)
   over_when_recorded[key] = nil
   redis.call('ZREM', deadlines, key)
@@ -103,7 +117,13 @@ while i <= #ARGV do
     table.insert(replies, claim(key, tonumber(ARGV[i + 2]), ARGV[i + 3]))
     i = i + 4
   else
-    table.insert(replies, op == 'r' and record(key) or forget(key))
+    if op == 'r' then
+      table.insert(replies, record(key))
+    elseif op == 'm' then
+      table.insert(replies, record_moved(key))
+    else
+      table.insert(replies, forget(key))
+    end
     i = i + 2
   end
 end

@@ -30,8 +30,11 @@ for i = 1, #due, 2 do
     moved = moved + 1
   end
 end
+-- A key served elsewhere is handed over once the events before this marker are applied:
+-- reading it here may have expired it here (in a slot being migrated away), and its
+-- `expired` event needs its deadline in this ledger.
 local marker = 0
-if redis.call('ZCARD', gone) > 0 then
+if redis.call('ZCARD', gone) > 0 or #elsewhere > 0 then
   marker = ms(now)
   redis.call('PUBLISH', ARGV[2], ARGV[3] .. marker)
 end
