@@ -101,9 +101,13 @@ class ClusterEvents:
                 return
             for key in keys:
                 del self._parked[key]
-            self._hand_over(placed)
-            if placed.deleted:
-                self.ledger.apply([Step(Op.FORGET, key) for key in sorted(placed.deleted)])
+            try:
+                self._hand_over(placed)
+                if placed.deleted:
+                    self.ledger.apply([Step(Op.FORGET, key) for key in sorted(placed.deleted)])
+            except Exception:
+                self._park(keys)  # those handed over already are no longer in the ledger
+                raise
         except Exception as exc:  # parked keys wait; the dispatcher must go on
             self._log.warning("cluster.handover_failed", error=describe_error(exc))
 
@@ -125,10 +129,18 @@ class ClusterEvents:
         shards = {key: self.shard_at(address) for key, address in placed.living.items()}
         ready = sorted(key for key, shard in shards.items() if shard is not None)
         self.ledger.hand_over_keys(ready, to=shards.get)
-        waiting = [key for key, shard in shards.items() if shard is None]
-        room = max(0, PARKED_LIMIT - len(self._parked))
-        self._parked.update(dict.fromkeys(waiting[:room]))
+        self._park([key for key, shard in shards.items() if shard is None])
         self.ledger.hand_over_keys(sorted(placed.over))
+
+    def _park(self, keys: list[bytes]) -> None:
+        room = max(0, PARKED_LIMIT - len(self._parked))
+        self._parked.update(dict.fromkeys(keys[:room]))
+        if len(keys) > room:
+            self._log.warning(
+                "cluster.handover_failed",
+                error=f"{len(keys) - room} moved keys not kept for hand-over: "
+                f"{PARKED_LIMIT} wait already; the sweep hands each over at its deadline",
+            )
 
     def _ask(self, keys: list[bytes]) -> tuple[bool, Placed]:
         """Whether the node is a primary, and where those of `keys` it no longer serves

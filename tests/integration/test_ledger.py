@@ -175,6 +175,21 @@ def test_a_record_tried_again_on_a_key_gone_changes_nothing_and_counts_no_claim(
     assert client.zcard(KEYSPACE.ready) == 1
 
 
+def test_a_key_restored_over_a_recorded_one_and_gone_before_its_deadline_is_queued_once(
+    client: redis.Redis, ledger: Ledger
+) -> None:
+    """RESTORE ... REPLACE publishes `restore`, not `del`: the incarnation it replaced must
+    not be recovered at its own deadline once the restored one has expired."""
+    client.set("k", "v", px=1500)
+    ledger.record([b"k"])
+    client.restore("k", 50, client.dump("k"), replace=True)
+    time.sleep(0.1)
+    applied = ledger.apply([Step(Op.RECORD_MOVED, b"k"), Step(Op.CLAIM, b"k")])
+    assert applied.replies[0] == 0 and applied.replies[1] != 0
+    assert deadline_of(client, "k") is None
+    assert client.zcard(KEYSPACE.ready) == 1
+
+
 def test_a_hand_over_leaves_what_the_new_ledger_knows_of_a_key_as_it_is(
     client: redis.Redis, ledger: Ledger
 ) -> None:

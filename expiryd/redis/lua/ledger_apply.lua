@@ -68,6 +68,12 @@ end
 local function record_moved(key)
   local at = expiretime_here(key)
   if at == nil then return -3 end
+  if at == -2 then
+    -- Gone before a deadline held here: that incarnation was replaced (RESTORE ...
+    -- REPLACE), not expired, and must not be recovered at its deadline.
+    local held = tonumber(redis.call('ZSCORE', deadlines, key))
+    if held and held > now + 1 then redis.call('ZREM', deadlines, key) end
+  end
   if at < 0 then return 0 end
   redis.call('ZADD', deadlines, at, key)
   if capture then capture_value(key) end
